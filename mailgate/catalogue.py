@@ -1,0 +1,115 @@
+"""The port catalogue: every port mailgate forwards, declared once.
+
+Security list rules, host firewall rules, nginx servers, Mailcow port bindings, the
+Tailscale policy snippet, the lab and the README tables are all functions of SERVICES.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class IdleTimeout(Enum):
+    """How long nginx lets a proxied session sit idle, per protocol family.
+
+    Each is a little above what the protocol lets the endpoints wait, so Postfix and
+    Dovecot, not the gateway, decide when an idle session ends.
+    """
+
+    # RFC 5321 4.5.3.2: a client may wait 10 min for the reply to the end of DATA.
+    SMTP = 600
+    # RFC 9051 5.4 / RFC 5804: autologout timer of at least 30 min.
+    IMAP = 31 * 60
+    # RFC 1939 3: autologout timer of at least 10 min.
+    POP3 = 11 * 60
+    WEB = 300
+
+    @property
+    def seconds(self) -> int:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Service:
+    """One forwarded service: a public port on the gateway and where it lands at home."""
+
+    name: str
+    public_port: int
+    home_port: int
+    """Mailcow's PROXY-protocol twin listener (or its own web port for web services)."""
+    proxy_protocol: bool
+    container: str
+    """The Mailcow compose service that listens on home_port."""
+    mailcow_variable: str | None
+    """mailcow.conf variable that publishes home_port (None: Mailcow publishes it)."""
+    timeout: IdleTimeout
+    default_enabled: bool
+    group: str
+    """'mail' services are chosen with mailgate:services; 'web' with mailgate:web.enabled."""
+    description: str
+    srv: str | None = None
+    """RFC 6186/8314/5804 SRV service label that lets mail clients find the port."""
+
+
+MAIL = "mail"
+WEB = "web"
+
+SERVICES: tuple[Service, ...] = (
+    Service("smtp", 25, 10025, True, "postfix-mailcow", "SMTP_PORT_HAPROXY",
+            IdleTimeout.SMTP, True, MAIL, "SMTP from other mail servers (MX, postscreen)"),
+    Service("submissions", 465, 10465, True, "postfix-mailcow", "SMTPS_PORT_HAPROXY",
+            IdleTimeout.SMTP, True, MAIL, "mail submission, implicit TLS", srv="submissions"),
+    Service("submission", 587, 10587, True, "postfix-mailcow", "SUBMISSION_PORT_HAPROXY",
+            IdleTimeout.SMTP, True, MAIL, "mail submission, STARTTLS", srv="submission"),
+    Service("imap", 143, 10143, True, "dovecot-mailcow", "IMAP_PORT_HAPROXY",
+            IdleTimeout.IMAP, True, MAIL, "IMAP, STARTTLS", srv="imap"),
+    Service("imaps", 993, 10993, True, "dovecot-mailcow", "IMAPS_PORT_HAPROXY",
+            IdleTimeout.IMAP, True, MAIL, "IMAP, implicit TLS", srv="imaps"),
+    Service("managesieve", 4190, 14190, True, "dovecot-mailcow", "SIEVE_PORT_HAPROXY",
+            IdleTimeout.IMAP, True, MAIL, "ManageSieve filter upload (RFC 5804)", srv="sieve"),
+    Service("pop3", 110, 10110, True, "dovecot-mailcow", "POP_PORT_HAPROXY",
+            IdleTimeout.POP3, False, MAIL, "POP3, STARTTLS", srv="pop3"),
+    Service("pop3s", 995, 10995, True, "dovecot-mailcow", "POPS_PORT_HAPROXY",
+            IdleTimeout.POP3, False, MAIL, "POP3, implicit TLS", srv="pop3s"),
+    # Mailcow's web has no PROXY twin: the stream is passed through as plain TCP.
+    Service("http", 80, 80, False, "nginx-mailcow", None,
+            IdleTimeout.WEB, False, WEB, "ACME HTTP-01, redirect to HTTPS"),
+    Service("https", 443, 443, False, "nginx-mailcow", None,
+            IdleTimeout.WEB, False, WEB, "webmail, admin UI, autodiscover"),
+)
+
+BY_NAME: dict[str, Service] = {service.name: service for service in SERVICES}
+MAIL_SERVICE_NAMES: tuple[str, ...] = tuple(s.name for s in SERVICES if s.group == MAIL)
+DEFAULT_MAIL_SERVICES: tuple[str, ...] = tuple(
+    s.name for s in SERVICES if s.group == MAIL and s.default_enabled
+)
+WEB_SERVICES: tuple[Service, ...] = tuple(s for s in SERVICES if s.group == WEB)
+PROXY_SERVICES: tuple[Service, ...] = tuple(s for s in SERVICES if s.proxy_protocol)
+
+# Tailscale's default port for direct (peer-to-peer) WireGuard connections.
+TAILSCALE_DIRECT_UDP_PORT = 41641
+SSH_PORT = 22
+
+
+def enabled(mail_service_names: tuple[str, ...], web_enabled: bool) -> tuple[Service, ...]:
+    """The services to forward, in catalogue order."""
+    chosen = set(mail_service_names)
+    return tuple(
+        s for s in SERVICES
+        if (s.group == MAIL and s.name in chosen) or (s.group == WEB and web_enabled)
+    )
+
+
+def port_map(services: tuple[Service, ...]) -> list[dict[str, object]]:
+    """The port map as plain data (a stack output and the `render` summary)."""
+    return [
+        {
+            "service": s.name,
+            "public_port": s.public_port,
+            "home_port": s.home_port,
+            "proxy_protocol": s.proxy_protocol,
+            "idle_timeout_seconds": s.timeout.seconds,
+        }
+        for s in services
+    ]

@@ -1,0 +1,119 @@
+"""`python -m mailgate`: render the files mailgate lays down, for review, without a cloud."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+from pathlib import Path
+
+from mailgate import catalogue
+from mailgate import docs as docs_module
+from mailgate.config_report import ConfigError
+from mailgate.deployment import PLACEHOLDER_GATEWAY_TAILNET_IP, PUBLIC_IPV4_PLACEHOLDER, Deployment
+from mailgate.layout import all_files
+from mailgate.renderers.dns import dns_records, render_dns_records
+from mailgate.settings import TAILNET_RANGES, Settings, load_settings
+from mailgate.stackfile import read_stack_file
+
+
+def load_stack(path: Path) -> Settings:
+    # Secrets are placeholders in a render, so a stack without them yet still renders.
+    stack = read_stack_file(path)
+    return load_settings(stack.values, extra_problems=stack.problems)
+
+
+def _address(version: int, tailnet: bool = False):
+    def parse(text: str) -> str:
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
+        if address.version != version:
+            raise argparse.ArgumentTypeError(f"{text} is not an IPv{version} address")
+        if tailnet and not any(address in net for net in TAILNET_RANGES):
+            raise argparse.ArgumentTypeError(f"{text} is outside Tailscale's 100.64.0.0/10")
+        return str(address)
+
+    return parse
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m mailgate", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    render = commands.add_parser(
+        "render",
+        help="write every file mailgate would lay down under a directory, for review",
+        description="Render every file for the stack config into OUT, mirroring where each "
+        "file goes (gateway/..., home/..., publish/...). Secrets appear as placeholders.",
+    )
+    render.add_argument("--config", type=Path, default=Path("Pulumi.dev.yaml"),
+                        help="Pulumi stack file to read (default: %(default)s)")
+    render.add_argument("--out", type=Path, required=True, help="directory to write into")
+    render.add_argument("--gateway-tailnet-ip", type=_address(4, tailnet=True),
+                        default=PLACEHOLDER_GATEWAY_TAILNET_IP,
+                        help="the gateway's tailnet IPv4, known after `pulumi up` "
+                        "(default: %(default)s)")
+    render.add_argument("--public-ipv4", type=_address(4), default=None,
+                        help="the gateway's reserved public IPv4 for the DNS records "
+                        "(default: a placeholder)")
+    render.add_argument("--public-ipv6", type=_address(6), default=None,
+                        help="the gateway's public IPv6, when IPv6 is enabled")
+    docs = commands.add_parser(
+        "docs",
+        help="refresh the README's configuration table and Pulumi.yaml from the models",
+    )
+    docs.add_argument("--write", action="store_true", help="write the files (else only report)")
+    docs.add_argument("--root", type=Path, default=Path("."), help="project directory")
+    return parser
+
+
+def refresh_docs(args: argparse.Namespace) -> int:
+    if not args.write:
+        stale = docs_module.stale(args.root)
+        for path in stale:
+            print(f"{path} is stale; run `python -m mailgate docs --write`")
+        return 1 if stale else 0
+    for path in docs_module.write(args.root):
+        print(f"updated {path}")
+    return 0
+
+
+def render(args: argparse.Namespace) -> int:
+    settings = load_stack(args.config)
+    deployment = Deployment(
+        args.gateway_tailnet_ip, args.public_ipv4 or PUBLIC_IPV4_PLACEHOLDER, args.public_ipv6
+    )
+    files = all_files(settings, deployment)
+    for rendered in files:
+        target = args.out / rendered.host / rendered.path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(rendered.text, encoding="utf-8")
+        target.chmod(rendered.mode)
+    print(f"Rendered {len(files)} files under {args.out}/ (secrets are placeholders):")
+    for rendered in files:
+        print(f"  {rendered.host}/{rendered.path.lstrip('/')}")
+    print("\nPort map (public port on the gateway -> port at home):")
+    for entry in catalogue.port_map(settings.enabled_services):
+        proxy = "PROXY" if entry["proxy_protocol"] else "plain"
+        print(f"  {entry['service']:<12} {entry['public_port']:>5} -> {settings.home.tailnet_ip}:"
+              f"{entry['home_port']:<6} {proxy:<5} idle {entry['idle_timeout_seconds']}s")
+    print("\n" + render_dns_records(dns_records(settings, deployment)), end="")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "docs":
+            return refresh_docs(args)
+        return render(args)
+    except ConfigError as error:
+        print(error.report(), file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"mailgate: {error}", file=sys.stderr)
+        return 1
+
+
+

@@ -1,0 +1,47 @@
+"""Turns validation failures into one readable report keyed by the user's config paths."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+
+class ConfigError(Exception):
+    """The stack config is invalid; `problems` holds one line per mistake."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__(self.report())
+
+    def report(self) -> str:
+        count = len(self.problems)
+        head = f"mailgate: the stack config has {count} problem{'s' if count != 1 else ''}:"
+        return "\n".join([head, *(f"  - {line}" for line in self.problems)])
+
+
+def key_path(namespace: str, location: tuple[int | str, ...]) -> str:
+    """('gateway', 'adminCidrs', 1) -> 'mailgate:gateway.adminCidrs[1]'."""
+    text = f"{namespace}:"
+    for index, part in enumerate(location):
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += part if index == 0 else f".{part}"
+    return text
+
+
+_EXPECTATIONS = {
+    "missing": "missing; this key is required",
+    "extra_forbidden": "unknown key; check the spelling against the README's configuration table",
+}
+
+
+def problems_from_validation_error(error: ValidationError, namespace: str) -> list[str]:
+    problems = []
+    for item in error.errors(include_url=False):
+        # Discriminated/union internals ('function-after', type names) are not user keys.
+        location = tuple(p for p in item["loc"] if isinstance(p, int) or not p[:1].islower() or p.isidentifier())
+        message = _EXPECTATIONS.get(item["type"]) or item["msg"].removeprefix("Value error, ")
+        if item["type"] not in _EXPECTATIONS and "input" in item and item["type"].endswith("_type"):
+            message += f" (got {item['input']!r})"
+        problems.append(f"{key_path(namespace, location)}: {message}")
+    return problems

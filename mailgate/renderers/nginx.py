@@ -1,0 +1,36 @@
+"""The gateway's /etc/nginx/nginx.conf: one stream server per enabled service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mailgate.renderers import render_template
+from mailgate.settings import Settings
+
+CONNECT_TIMEOUT_SECONDS = 5
+
+
+@dataclass(frozen=True)
+class NginxRuntime:
+    """Where nginx keeps its process files; Ubuntu's layout unless the lab says otherwise."""
+
+    user: str = "www-data"
+    pid: str = "/run/nginx.pid"
+    error_log: str = "/var/log/nginx/error.log"
+    access_log: str = "/var/log/nginx/mailgate-stream.log"
+    modules_include: str = "/etc/nginx/modules-enabled/*.conf"
+    worker_connections: int = 8192
+    listen_address: str | None = None
+    """Bind to one address instead of all (the lab's gateway namespace)."""
+
+
+def render_nginx_conf(settings: Settings, runtime: NginxRuntime = NginxRuntime()) -> str:
+    return render_template(
+        "nginx.conf.j2",
+        runtime=runtime,
+        services=settings.enabled_services,
+        home_address=settings.home.tailnet_ip,
+        ipv6=settings.gateway.ipv6 and runtime.listen_address is None,
+        listen_ipv4=f"{runtime.listen_address}:" if runtime.listen_address else "",
+        connect_timeout=CONNECT_TIMEOUT_SECONDS,
+    )

@@ -1,0 +1,35 @@
+"""The tailnet policy snippet (HuJSON): only the gateway may reach home's twin ports.
+
+It is an output to paste into the tailnet policy file. With tailscale.manageAcl the same
+rules become the whole policy, which `tailscale.Acl` then owns.
+"""
+
+from __future__ import annotations
+
+import json
+
+from mailgate.settings import Settings
+
+HOME_HOST_ALIAS = "mailgate-home"
+
+
+def policy(settings: Settings) -> dict[str, object]:
+    tags = settings.tailscale
+    ports = ",".join(str(s.home_port) for s in settings.enabled_services)
+    home = tags.home_tag or HOME_HOST_ALIAS
+    document: dict[str, object] = {
+        "tagOwners": {tag: ["autogroup:admin"] for tag in (tags.gateway_tag, tags.home_tag) if tag},
+        "acls": [{"action": "accept", "src": [tags.gateway_tag], "dst": [f"{home}:{ports}"]}],
+    }
+    if not tags.home_tag:
+        document["hosts"] = {HOME_HOST_ALIAS: f"{settings.home.tailnet_ip}/32"}
+    return document
+
+
+def render_policy_snippet(settings: Settings) -> str:
+    comment = (
+        "// mailgate: merge these entries into your tailnet policy file.\n"
+        f"// {settings.tailscale.gateway_tag} may reach the Mailcow twin ports at home and nothing else\n"
+        "// there; the home firewall enforces the same rule on its side.\n"
+    )
+    return comment + json.dumps(policy(settings), indent=2) + "\n"

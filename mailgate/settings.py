@@ -1,0 +1,612 @@
+"""The stack configuration a user writes, as strict pydantic models.
+
+`load_settings(raw)` validates every ``mailgate:*`` key at once and raises ConfigError
+listing every problem by the key path the user types (``mailgate:gateway.adminCidrs[1]``).
+Secrets are not part of these models: they are read separately and travel as Outputs.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from mailgate import catalogue
+from mailgate.config_report import ConfigError, problems_from_validation_error
+
+NAMESPACE = "mailgate"
+
+# Tailscale hands out node addresses from these ranges only.
+TAILNET_RANGES = (
+    ipaddress.ip_network("100.64.0.0/10"),
+    ipaddress.ip_network("fd7a:115c:a1e0::/48"),
+)
+RELAY_PORTS = (25, 465, 587, 2525)
+DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+TAG = re.compile(r"^tag:[a-z0-9][a-z0-9-]*$", re.IGNORECASE)
+OCID = re.compile(r"^ocid1\.(?P<kind>[a-z]+)\.oc[0-9]+\.[a-z0-9-]*\.[a-z0-9]+$")
+AVAILABILITY_DOMAIN = re.compile(r"^[A-Za-z0-9]+:[A-Z0-9-]+-AD-[0-9]$")
+UNIX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+SSH_KEY_TYPES = (
+    "ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521", "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com",
+)
+
+
+@dataclass(frozen=True)
+class ShapeLimits:
+    """What OCI allows for one shape (and what the Always Free tier allows on top)."""
+
+    ocpus: tuple[float, float]
+    memory_per_ocpu: tuple[float, float]
+    max_memory: float
+    default_ocpus: float
+    default_memory: float
+    always_free: bool
+    free_ocpus: float = 0
+    free_memory: float = 0
+
+
+SHAPES: dict[str, ShapeLimits] = {
+    "VM.Standard.A1.Flex": ShapeLimits((1, 80), (1, 64), 512, 1, 6, True, 4, 24),
+    "VM.Standard.E2.1.Micro": ShapeLimits((1, 1), (1, 1), 1, 1, 1, True, 1, 1),
+    "VM.Standard.E4.Flex": ShapeLimits((1, 64), (1, 64), 1024, 1, 8, False),
+    "VM.Standard.E5.Flex": ShapeLimits((1, 94), (1, 64), 1049, 1, 8, False),
+}
+ALWAYS_FREE_BOOT_VOLUME_GB = 200
+
+
+class Strict(BaseModel):
+    """Base for every config model: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        alias_generator=to_camel,
+        populate_by_name=False,
+        str_strip_whitespace=True,
+    )
+
+
+def _network(value: str, what: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(value, strict=True)
+    except ValueError:
+        try:
+            loose = ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a CIDR network; expected {what}") from None
+        raise ValueError(
+            f"{value!r} has host bits set; expected a network address such as {loose}"
+        ) from None
+
+
+def _hostname(value: str) -> str:
+    name = value.rstrip(".").lower()
+    labels = name.split(".")
+    if len(labels) < 2 or not all(DNS_LABEL.match(label) for label in labels):
+        raise ValueError(
+            f"{value!r} is not a fully qualified DNS name; expected something like example.com"
+        )
+    return name
+
+
+def _tailnet_ip(value: str) -> str:
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address; expected a tailnet address such as 100.64.0.2") from None
+    if not any(address in network for network in TAILNET_RANGES):
+        raise ValueError(
+            f"{value} is outside Tailscale's address ranges; expected an address in "
+            "100.64.0.0/10 or fd7a:115c:a1e0::/48 (see `tailscale ip`)"
+        )
+    return str(address)
+
+
+def _ssh_public_key(value: str) -> str:
+    if "PRIVATE KEY" in value:
+        raise ValueError(
+            "this is a private key; put the public key (the .pub file) here and the private "
+            "key in a secret"
+        )
+    parts = value.split()
+    if len(parts) < 2 or parts[0] not in SSH_KEY_TYPES:
+        raise ValueError(
+            f"not an OpenSSH public key; expected '<type> <base64> [comment]' with type one of "
+            f"{', '.join(SSH_KEY_TYPES[:3])}, ..."
+        )
+    try:
+        blob = base64.b64decode(parts[1], validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("the key's base64 part does not decode") from None
+    name_length = int.from_bytes(blob[:4], "big") if len(blob) >= 4 else -1
+    if blob[4:4 + name_length].decode("ascii", "replace") != parts[0]:
+        raise ValueError(f"the key's data is not a {parts[0]} key (truncated or mixed up?)")
+    return " ".join(parts)
+
+
+def _admin_cidr(cidr: str) -> str:
+    network = _network(cidr, "a network such as 198.51.100.0/24 or 2001:db8::/48")
+    if network.prefixlen == 0:
+        raise ValueError(
+            f"{cidr} would open SSH to the whole internet; expected the networks you "
+            "administer from (e.g. your home's /32)"
+        )
+    if network.prefixlen < (8 if network.version == 4 else 32):
+        raise ValueError(
+            f"{cidr} is too wide for an admin network; expected /8 or narrower "
+            "(IPv6: /32 or narrower)"
+        )
+    return str(network)
+
+
+def _distinct(values: list[str]) -> None:
+    for index, value in enumerate(values):
+        if value in values[:index]:
+            raise ValueError(f"{value} is listed twice (items {values.index(value)} and {index})")
+
+
+def _service_name(name: str) -> str:
+    if name in (s.name for s in catalogue.WEB_SERVICES):
+        raise ValueError(f"{name!r} is web forwarding; set mailgate:web.enabled instead")
+    if name not in catalogue.MAIL_SERVICE_NAMES:
+        raise ValueError(
+            f"unknown service {name!r}; expected one of " + ", ".join(catalogue.MAIL_SERVICE_NAMES)
+        )
+    return name
+
+
+SshPublicKey = Annotated[str, AfterValidator(_ssh_public_key)]
+AdminCidr = Annotated[str, AfterValidator(_admin_cidr)]
+ServiceName = Annotated[str, AfterValidator(_service_name)]
+
+
+class GatewaySettings(Strict):
+    compartment_id: str = Field(
+        description="OCID of the OCI compartment (or the tenancy, for the root compartment) "
+        "that holds every gateway resource."
+    )
+    shape: str = Field(
+        "VM.Standard.A1.Flex",
+        description=f"Compute shape of the gateway VM, one of {', '.join(SHAPES)}. "
+        "Use VM.Standard.E2.1.Micro when A1 reports 'Out of host capacity'.",
+    )
+    always_free: bool = Field(
+        True,
+        description="Refuse a shape, size or boot volume beyond Oracle's Always Free limits.",
+    )
+    ocpus: float | None = Field(
+        None, description="OCPUs of a flexible shape; empty means the shape's default (1)."
+    )
+    memory_in_gbs: float | None = Field(
+        None,
+        description="Memory in GB of a flexible shape; empty means the shape's default "
+        "(6 for A1.Flex).",
+    )
+    boot_volume_size_in_gbs: int = Field(
+        50, description="Boot volume size in GB (OCI minimum 50)."
+    )
+    image_id: str | None = Field(
+        None,
+        description="Pinned OCID of the Ubuntu LTS image; empty means look up the newest "
+        "Canonical Ubuntu image for the shape once.",
+    )
+    availability_domain: str | None = Field(
+        None,
+        description="Availability domain, e.g. 'Uocm:EU-FRANKFURT-1-AD-1'; empty means the "
+        "first one of the region.",
+    )
+    ssh_public_keys: list[SshPublicKey] = Field(
+        min_length=1,
+        description="OpenSSH public keys allowed to log in as the gateway's admin user.",
+    )
+    ssh_user: str = Field("ubuntu", description="Admin user of the gateway image.")
+    admin_cidrs: list[AdminCidr] = Field(
+        min_length=1,
+        description="Networks allowed to reach the gateway's SSH port. Never 0.0.0.0/0 or ::/0.",
+    )
+    vcn_cidr: str = Field("10.0.0.0/16", description="IPv4 range of the gateway's VCN (/16 to /30).")
+    subnet_cidr: str = Field(
+        "10.0.0.0/24", description="IPv4 range of the gateway's subnet; inside vcnCidr."
+    )
+    ipv6: bool = Field(
+        False, description="Give the VCN, the subnet and the gateway IPv6 and listen on it."
+    )
+
+    @field_validator("compartment_id")
+    @classmethod
+    def _compartment(cls, value: str) -> str:
+        match = OCID.match(value)
+        if not match or match["kind"] not in ("compartment", "tenancy"):
+            raise ValueError(
+                f"{value!r} is not a compartment OCID; expected 'ocid1.compartment.oc1..<id>' "
+                "(or 'ocid1.tenancy.oc1..<id>' for the root compartment)"
+            )
+        return value
+
+    @field_validator("shape")
+    @classmethod
+    def _shape(cls, value: str) -> str:
+        if value not in SHAPES:
+            raise ValueError(f"unknown shape {value!r}; expected one of {', '.join(SHAPES)}")
+        return value
+
+    @field_validator("ocpus")
+    @classmethod
+    def _ocpus(cls, value: float | None, info: ValidationInfo) -> float | None:
+        limits = SHAPES.get(info.data.get("shape", ""))
+        if value is None or limits is None:
+            return value
+        low, high = limits.ocpus
+        if info.data.get("always_free") and limits.always_free:
+            high = min(high, limits.free_ocpus)
+        if not low <= value <= high:
+            raise ValueError(
+                f"{value:g} OCPUs is outside what {info.data['shape']} allows here; "
+                f"expected {low:g} to {high:g}"
+                + (" (Always Free)" if info.data.get("always_free") else "")
+            )
+        return value
+
+    @field_validator("memory_in_gbs")
+    @classmethod
+    def _memory(cls, value: float | None, info: ValidationInfo) -> float | None:
+        limits = SHAPES.get(info.data.get("shape", ""))
+        if value is None or limits is None or "ocpus" not in info.data:
+            return value
+        ocpus = info.data["ocpus"] or limits.default_ocpus
+        low = limits.memory_per_ocpu[0] * ocpus
+        high = min(limits.memory_per_ocpu[1] * ocpus, limits.max_memory)
+        if info.data.get("always_free") and limits.always_free:
+            high = min(high, limits.free_memory)
+        if not low <= value <= high:
+            raise ValueError(
+                f"{value:g} GB is outside what {info.data['shape']} allows with {ocpus:g} "
+                f"OCPU(s); expected {low:g} to {high:g} GB"
+                + (" (Always Free)" if info.data.get("always_free") else "")
+            )
+        return value
+
+    @field_validator("boot_volume_size_in_gbs")
+    @classmethod
+    def _boot_volume(cls, value: int, info: ValidationInfo) -> int:
+        high = ALWAYS_FREE_BOOT_VOLUME_GB if info.data.get("always_free") else 32768
+        if not 50 <= value <= high:
+            raise ValueError(f"{value} GB is outside 50 to {high} GB"
+                             + (" (Always Free)" if info.data.get("always_free") else ""))
+        return value
+
+    @field_validator("image_id")
+    @classmethod
+    def _image(cls, value: str | None) -> str | None:
+        match = OCID.match(value) if value else None
+        if value is not None and (not match or match["kind"] != "image"):
+            raise ValueError(f"{value!r} is not an image OCID; expected 'ocid1.image.oc1.<region>.<id>'")
+        return value
+
+    @field_validator("availability_domain")
+    @classmethod
+    def _availability_domain(cls, value: str | None) -> str | None:
+        if value is not None and not AVAILABILITY_DOMAIN.match(value):
+            raise ValueError(
+                f"{value!r} is not an availability domain name; expected e.g. "
+                "'Uocm:EU-FRANKFURT-1-AD-1' (oci iam availability-domain list)"
+            )
+        return value
+
+    @field_validator("ssh_user")
+    @classmethod
+    def _user(cls, value: str) -> str:
+        if not UNIX_USER.match(value):
+            raise ValueError(f"{value!r} is not a valid user name")
+        return value
+
+    @field_validator("admin_cidrs")
+    @classmethod
+    def _admin_cidrs_distinct(cls, value: list[str]) -> list[str]:
+        _distinct(value)
+        return value
+
+    @field_validator("vcn_cidr")
+    @classmethod
+    def _vcn(cls, value: str) -> str:
+        network = _network(value, "an IPv4 network such as 10.0.0.0/16")
+        if network.version != 4 or not 16 <= network.prefixlen <= 30:
+            raise ValueError(f"{value} is not an IPv4 network of /16 to /30, as OCI requires")
+        if network.overlaps(TAILNET_RANGES[0]):
+            raise ValueError(f"{value} overlaps Tailscale's 100.64.0.0/10; expected e.g. 10.0.0.0/16")
+        return str(network)
+
+    @field_validator("subnet_cidr")
+    @classmethod
+    def _subnet(cls, value: str, info: ValidationInfo) -> str:
+        network = _network(value, "an IPv4 network such as 10.0.0.0/24")
+        vcn = info.data.get("vcn_cidr")
+        if network.version != 4:
+            raise ValueError(f"{value} is not an IPv4 network")
+        if vcn and not network.subnet_of(ipaddress.ip_network(vcn)):
+            raise ValueError(f"{value} is not inside the VCN's {vcn}; expected a part of it")
+        return str(network)
+
+    @property
+    def limits(self) -> ShapeLimits:
+        return SHAPES[self.shape]
+
+    @property
+    def effective_ocpus(self) -> float:
+        return self.ocpus if self.ocpus is not None else self.limits.default_ocpus
+
+    @property
+    def effective_memory_in_gbs(self) -> float:
+        if self.memory_in_gbs is not None:
+            return self.memory_in_gbs
+        return min(self.limits.default_memory * self.effective_ocpus, self.limits.max_memory)
+
+
+class HomeSettings(Strict):
+    ssh_host: str = Field(
+        description="Address the Pulumi runner uses to SSH into the Mini PC (LAN name, LAN IP "
+        "or tailnet name)."
+    )
+    ssh_user: str = Field("root", description="SSH user on the Mini PC; needs Docker rights.")
+    ssh_port: int = Field(22, ge=1, le=65535, description="SSH port of the Mini PC.")
+    ssh_host_key: str | None = Field(
+        None,
+        description="The Mini PC's SSH host public key ('ssh-ed25519 AAAA...'); when set, "
+        "connections to any other key are refused.",
+    )
+    tailnet_ip: str = Field(
+        description="The Mini PC's Tailscale IPv4 address (`tailscale ip -4`); Mailcow's "
+        "PROXY listeners are published on it only."
+    )
+    mailcow_dir: str = Field(
+        "/opt/mailcow-dockerized",
+        description="Absolute path of the Mailcow checkout on the Mini PC.",
+    )
+
+    @field_validator("ssh_host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        try:
+            address = ipaddress.ip_address(value)
+        except ValueError:
+            labels = value.rstrip(".").lower().split(".")
+            if not all(DNS_LABEL.match(label) for label in labels):
+                raise ValueError(f"{value!r} is neither an IP address nor a host name") from None
+            return value
+        if address.is_unspecified or address.is_multicast:
+            raise ValueError(f"{value} cannot be connected to; expected the Mini PC's address")
+        return value
+
+    @field_validator("ssh_user")
+    @classmethod
+    def _user(cls, value: str) -> str:
+        if not UNIX_USER.match(value):
+            raise ValueError(f"{value!r} is not a valid user name")
+        return value
+
+    @field_validator("ssh_host_key")
+    @classmethod
+    def _host_key(cls, value: str | None) -> str | None:
+        return None if value is None else _ssh_public_key(value)
+
+    @field_validator("tailnet_ip")
+    @classmethod
+    def _tailnet(cls, value: str) -> str:
+        address = _tailnet_ip(value)
+        if ":" in address:
+            raise ValueError(
+                f"{value} is IPv6; expected the IPv4 tailnet address (`tailscale ip -4`), which "
+                "nginx and Docker publish on"
+            )
+        return address
+
+    @field_validator("mailcow_dir")
+    @classmethod
+    def _mailcow_dir(cls, value: str) -> str:
+        path = PurePosixPath(value)
+        if not path.is_absolute():
+            raise ValueError(f"{value!r} is relative; expected an absolute path such as /opt/mailcow-dockerized")
+        if ".." in path.parts or path == PurePosixPath("/"):
+            raise ValueError(f"{value!r} is not a Mailcow directory; expected e.g. /opt/mailcow-dockerized")
+        if re.search(r"[^A-Za-z0-9._/+-]", value):
+            raise ValueError(f"{value!r} has characters a shell would interpret; expected letters, digits, . _ - + /")
+        return str(path)
+
+
+class RelaySettings(Strict):
+    host: str = Field(
+        "smtp-relay.brevo.com", description="Smart relay host that sends all outbound mail."
+    )
+    port: int = Field(
+        587, description="Relay port: 587 or 2525 (STARTTLS), 465 (implicit TLS) or 25."
+    )
+    username: str = Field(
+        min_length=1,
+        description="Relay login (Brevo: the SMTP login shown under SMTP & API). The password "
+        "is the secret mailgate:relayPassword.",
+    )
+    spf_include: str = Field(
+        "spf.brevo.com",
+        description="Domain the SPF record includes so the relay may send for you.",
+    )
+
+    @field_validator("host", "spf_include")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        return _hostname(value)
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, value: int) -> int:
+        if value not in RELAY_PORTS:
+            raise ValueError(
+                f"{value} is not a relay submission port; expected one of "
+                f"{', '.join(map(str, RELAY_PORTS))}"
+            )
+        return value
+
+    @field_validator("username")
+    @classmethod
+    def _username(cls, value: str) -> str:
+        if re.search(r"[\s:]", value):
+            raise ValueError("must not contain spaces or ':' (Postfix's password map splits on them)")
+        return value
+
+
+class TailscaleSettings(Strict):
+    gateway_tag: str = Field(
+        "tag:mailgw",
+        description="ACL tag of the gateway node; tagged nodes never hit key expiry.",
+    )
+    home_tag: str | None = Field(
+        None,
+        description="ACL tag of the Mini PC, if it is tagged; the policy snippet then names it "
+        "instead of its address.",
+    )
+    gateway_hostname: str = Field(
+        "mailgate-gateway", description="Machine name of the gateway in the tailnet."
+    )
+    manage_acl: bool = Field(
+        False,
+        description="Let Pulumi own the WHOLE tailnet policy file (tailscale.Acl). Off: "
+        "mailgate only outputs a snippet to paste.",
+    )
+    auth_key_expiry_seconds: int = Field(
+        3600,
+        ge=300,
+        le=7_776_000,
+        description="Lifetime of the gateway's single-use auth key (300 s to 90 days).",
+    )
+
+    @field_validator("gateway_tag", "home_tag")
+    @classmethod
+    def _tag(cls, value: str | None) -> str | None:
+        if value is not None and not TAG.match(value):
+            raise ValueError(f"{value!r} is not a Tailscale tag; expected 'tag:' and a name, e.g. tag:mailgw")
+        return value
+
+    @field_validator("home_tag")
+    @classmethod
+    def _not_gateway_tag(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and value == info.data.get("gateway_tag"):
+            raise ValueError(f"{value} is also the gateway's tag; expected a tag of its own")
+        return value
+
+    @field_validator("gateway_hostname")
+    @classmethod
+    def _hostname(cls, value: str) -> str:
+        if not DNS_LABEL.match(value):
+            raise ValueError(f"{value!r} is not a machine name; expected lowercase letters, digits and '-'")
+        return value
+
+
+class WebSettings(Strict):
+    enabled: bool = Field(
+        False,
+        description="Forward 80/443 to Mailcow's web server (ACME HTTP-01, webmail, "
+        "autodiscover) as plain TCP.",
+    )
+
+
+class Settings(Strict):
+    """Everything under the ``mailgate:`` namespace of a stack's config."""
+
+    domain: str = Field(description="Mail domain, e.g. example.com.")
+    mail_hostname: str = Field(
+        description="Mailcow's hostname (MAILCOW_HOSTNAME), under the domain, e.g. mail.example.com."
+    )
+    gateway: GatewaySettings = Field(description="The OCI gateway VM and its network.")
+    home: HomeSettings = Field(description="The Mini PC that runs Mailcow.")
+    services: list[ServiceName] = Field(
+        default_factory=lambda: list(catalogue.DEFAULT_MAIL_SERVICES),
+        description="Mail services to forward, from: "
+        + ", ".join(catalogue.MAIL_SERVICE_NAMES) + ".",
+    )
+    relay: RelaySettings = Field(description="The smart relay for outbound mail.")
+    tailscale: TailscaleSettings = Field(
+        default_factory=TailscaleSettings, description="Tailnet tags, key and policy."
+    )
+    web: WebSettings = Field(default_factory=WebSettings, description="Web forwarding (opt-in).")
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        return _hostname(value)
+
+    @field_validator("mail_hostname")
+    @classmethod
+    def _mail_hostname(cls, value: str, info: ValidationInfo) -> str:
+        name = _hostname(value)
+        domain = info.data.get("domain")
+        if domain and not name.endswith("." + domain):
+            raise ValueError(f"{name} is not under the domain {domain}; expected e.g. mail.{domain}")
+        return name
+
+    @field_validator("services")
+    @classmethod
+    def _services(cls, value: list[str]) -> list[str]:
+        _distinct(value)
+        if "smtp" not in value:
+            raise ValueError("must include 'smtp': the MX has to accept mail on port 25")
+        return value
+
+    @property
+    def enabled_services(self) -> tuple[catalogue.Service, ...]:
+        return catalogue.enabled(tuple(self.services), self.web.enabled)
+
+
+# Secret keys are read with require_secret/get_secret, never into the models above.
+SECRET_KEYS: dict[str, str] = {
+    "relayPassword": "Relay password (Brevo: the SMTP key, not the API key).",
+    "gatewaySshPrivateKey": "Private key Pulumi uses to SSH into the gateway (matches one "
+    "of gateway.sshPublicKeys).",
+    "homeSshPrivateKey": "Private key Pulumi uses to SSH into the Mini PC.",
+}
+REQUIRED_SECRET_KEYS = ("relayPassword",)
+
+
+def load_settings(
+    raw: dict[str, Any],
+    *,
+    secrets_present: set[str] | None = None,
+    extra_problems: list[str] | None = None,
+) -> Settings:
+    """Validate the ``mailgate:`` config (keys without the namespace) or raise ConfigError.
+
+    `secrets_present`, when given, is checked for the required secret keys so a missing
+    secret is reported together with every other problem.
+    """
+    problems: list[str] = list(extra_problems or [])
+    plain = {key: value for key, value in raw.items() if key not in SECRET_KEYS}
+    try:
+        settings = Settings.model_validate(plain)
+    except ValidationError as error:
+        problems.extend(problems_from_validation_error(error, NAMESPACE))
+        settings = None
+    if secrets_present is not None:
+        for key in REQUIRED_SECRET_KEYS:
+            if key not in secrets_present:
+                problems.append(
+                    f"{NAMESPACE}:{key}: missing; set it with "
+                    f"`pulumi config set --secret {NAMESPACE}:{key} <value>`"
+                )
+    if problems or settings is None:
+        raise ConfigError(problems)
+    return settings

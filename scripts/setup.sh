@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what mailgate needs on Debian 12 / Ubuntu: the real daemons its tests validate
+# files with (when run as root), and a virtualenv ./venv with the Python packages.
+# Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  python3-venv
+  nginx libnginx-mod-stream
+  postfix
+  dovecot-imapd dovecot-managesieved dovecot-pop3d
+  cloud-init
+  iptables iproute2
+)
+
+if [ "$(id -u)" -eq 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  # Postfix asks which kind of mail system to set up; we only need its programs.
+  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${APT_PACKAGES[@]}" >/dev/null
+else
+  echo "setup: not root, skipping apt packages (${APT_PACKAGES[*]})" >&2
+fi
+
+PYTHON=${PYTHON:-python3}
+[ -x venv/bin/python ] || "$PYTHON" -m venv venv
+venv/bin/pip install -q --upgrade pip
+venv/bin/pip install -q -r requirements-dev.txt
+echo "setup: done; run the tests with: venv/bin/python -m pytest"
