@@ -182,14 +182,14 @@ class GatewaySettings(Strict):
         description="OCID of the OCI compartment (or the tenancy, for the root compartment) "
         "that holds every gateway resource."
     )
+    always_free: bool = Field(
+        True,
+        description="Refuse a shape, size or boot volume beyond Oracle's Always Free limits.",
+    )
     shape: str = Field(
         "VM.Standard.A1.Flex",
         description=f"Compute shape of the gateway VM, one of {', '.join(SHAPES)}. "
         "Use VM.Standard.E2.1.Micro when A1 reports 'Out of host capacity'.",
-    )
-    always_free: bool = Field(
-        True,
-        description="Refuse a shape, size or boot volume beyond Oracle's Always Free limits.",
     )
     ocpus: float | None = Field(
         None, description="OCPUs of a flexible shape; empty means the shape's default (1)."
@@ -242,9 +242,15 @@ class GatewaySettings(Strict):
 
     @field_validator("shape")
     @classmethod
-    def _shape(cls, value: str) -> str:
+    def _shape(cls, value: str, info: ValidationInfo) -> str:
         if value not in SHAPES:
             raise ValueError(f"unknown shape {value!r}; expected one of {', '.join(SHAPES)}")
+        if info.data.get("always_free") and not SHAPES[value].always_free:
+            free = ", ".join(name for name, limits in SHAPES.items() if limits.always_free)
+            raise ValueError(
+                f"{value} is not an Always Free shape; expected {free}, or set "
+                "gateway.alwaysFree to false to accept charges"
+            )
         return value
 
     @field_validator("ocpus")

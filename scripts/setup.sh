@@ -11,6 +11,7 @@ APT_PACKAGES=(
   postfix
   dovecot-imapd dovecot-managesieved dovecot-pop3d
   cloud-init
+  docker-compose
   iptables iproute2
 )
 

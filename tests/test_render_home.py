@@ -1,0 +1,134 @@
+"""Home side: the compose override (checked by docker-compose), the twin-port firewall
+(loaded into iptables and probed with real connections) and the docker drop-in."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import yaml
+
+from mailgate import catalogue
+from mailgate.deployment import Deployment
+from mailgate.renderers.compose import render_compose_override
+from mailgate.renderers.firewall import HOME_TWIN_CHAIN, render_home_firewall
+from mailgate.renderers.mailcow import render_docker_after_tailscale, render_mailcow_conf
+from tests.settings_variants import variant
+from tests.validators import Netns, compose_config, iptables_restore
+
+USER_OVERRIDE = """\
+# my own additions
+services:
+  rspamd-mailcow:
+    environment:
+      - MY_SETTING=1   # keep me
+  postfix-mailcow:
+    ports:
+      - "${SMTP_PORT_HAPROXY:-127.0.0.1:10025}:10025"
+      - "127.0.0.1:2525:25"
+"""
+
+
+def published(config: dict, service: str) -> set[str]:
+    result = set()
+    for port in config["services"][service].get("ports", []):
+        if isinstance(port, str):
+            result.add(port)
+        else:
+            result.add(f"{port.get('host_ip', '')}:{port.get('published')}:{port['target']}")
+    return result
+
+
+def test_compose_publishes_each_twin_on_the_tailnet_ip_only(dev_settings, tmp_path):
+    config = compose_config(render_compose_override(dev_settings), render_mailcow_conf(dev_settings), tmp_path)
+    twins = {
+        s.container: set() for s in dev_settings.enabled_services
+    }
+    for service in dev_settings.enabled_services:
+        twins[service.container].add(f"100.64.0.2:{service.home_port}:{service.home_port}/tcp")
+    for container, expected in twins.items():
+        got = {p for p in published(config, container) if p.startswith("100.64.")}
+        assert got == expected, container
+        # Nothing else publishes a twin port: not on 0.0.0.0, not on 127.0.0.1.
+        others = published(config, container) - expected
+        assert not any(p.rsplit(":", 1)[-1].split("/")[0] in {str(s.home_port) for s in catalogue.PROXY_SERVICES}
+                       for p in others), others
+
+
+def test_compose_refuses_the_override_without_mailgates_variables(dev_settings, tmp_path):
+    with pytest.raises(AssertionError, match="set by mailgate in mailcow.conf"):
+        compose_config(render_compose_override(dev_settings), "", tmp_path)
+
+
+def test_user_override_keeps_its_services_and_comments(dev_settings, tmp_path):
+    merged = render_compose_override(dev_settings, USER_OVERRIDE)
+    assert "# my own additions" in merged and "# keep me" in merged
+    document = yaml.safe_load(merged)
+    assert document["services"]["rspamd-mailcow"] == {"environment": ["MY_SETTING=1"]}
+    postfix_ports = document["services"]["postfix-mailcow"]["ports"]
+    # The HAPROXY example's mapping of 10025 gives way to mailgate's; the user's own stays.
+    assert "127.0.0.1:2525:25" in postfix_ports
+    assert [p for p in postfix_ports if p.endswith(":10025")] == [
+        "${SMTP_PORT_HAPROXY:?set by mailgate in mailcow.conf}:10025"
+    ]
+    config = compose_config(merged, render_mailcow_conf(dev_settings), tmp_path)
+    assert "127.0.0.1:2525:25/tcp" in published(config, "postfix-mailcow")
+
+
+def test_merging_again_changes_nothing(dev_settings, dev_raw):
+    once = render_compose_override(dev_settings, USER_OVERRIDE)
+    assert render_compose_override(dev_settings, once) == once
+    fewer = render_compose_override(variant(dev_raw, services=["smtp"]), USER_OVERRIDE)
+    assert "10993" not in fewer
+
+
+def test_a_non_mapping_override_is_refused(dev_settings):
+    with pytest.raises(ValueError, match="not a YAML mapping"):
+        render_compose_override(dev_settings, "- just\n- a list\n")
+
+
+# Runs inside the namespace: connect to each twin port from a given source address.
+PROBE = r"""
+import json, socket, sys
+home, sources, ports = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+listeners = [socket.create_server((home, port)) for port in ports]
+result = {}
+for source in sources:
+    for port in ports:
+        try:
+            socket.create_connection((home, port), timeout=3, source_address=(source, 0)).close()
+            result[f"{source}:{port}"] = "open"
+        except ConnectionRefusedError:
+            result[f"{source}:{port}"] = "reset"
+        except OSError as error:
+            result[f"{source}:{port}"] = type(error).__name__
+print(json.dumps(result))
+"""
+
+
+def test_only_the_gateway_reaches_the_twin_ports(dev_settings):
+    gateway, spoofer, home = "100.64.0.1", "100.64.0.3", dev_settings.home.tailnet_ip
+    rules = render_home_firewall(dev_settings, Deployment(gateway_tailnet_ip=gateway))
+    twin_ports = [s.home_port for s in catalogue.PROXY_SERVICES]
+    with Netns() as ns:
+        for address in (gateway, spoofer, home):
+            ns.run(["ip", "addr", "add", f"{address}/32", "dev", "lo"]).check_returncode()
+        ns.run(["ip", "link", "set", "lo", "up"]).check_returncode()
+        iptables_restore(rules, ns)
+        # Real hosts hook the chain into DOCKER-USER (forwarded to containers); in one
+        # namespace the same packets pass INPUT.
+        ns.run(["iptables", "-I", "INPUT", "-j", HOME_TWIN_CHAIN]).check_returncode()
+        probe = ns.run([sys.executable, "-c", PROBE, home, json.dumps([gateway, spoofer]),
+                        json.dumps(twin_ports)])
+    assert probe.returncode == 0, probe.stderr
+    seen = json.loads(probe.stdout)
+    enabled = {s.home_port for s in dev_settings.enabled_services}
+    for port in twin_ports:
+        assert seen[f"{spoofer}:{port}"] == "reset", port
+        assert seen[f"{gateway}:{port}"] == ("open" if port in enabled else "reset"), port
+
+
+def test_docker_waits_for_tailscaled():
+    text = render_docker_after_tailscale()
+    assert "[Unit]\nAfter=tailscaled.service\n" in text

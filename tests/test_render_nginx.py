@@ -1,0 +1,135 @@
+"""The gateway's nginx.conf: checked by `nginx -t`, then run for real in a namespace."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mailgate import catalogue
+from mailgate.renderers.nginx import CONNECT_TIMEOUT_SECONDS, NginxRuntime, render_nginx_conf
+from tests.settings_variants import everything, variant
+from tests.validators import Netns, nginx_check
+
+SERVER = re.compile(r"server \{(.*?)\n    \}", re.S)
+
+
+def servers(conf: str) -> dict[int, dict[str, list[str]]]:
+    """public port -> directive -> values, from the rendered stream servers."""
+    found = {}
+    for body in SERVER.findall(conf):
+        directives: dict[str, list[str]] = {}
+        for line in body.strip().splitlines():
+            name, _, value = line.strip().rstrip(";").partition(" ")
+            directives.setdefault(name, []).append(value)
+        port = int(directives["listen"][0].split()[0].rsplit(":", 1)[-1])
+        found[port] = directives
+    return found
+
+
+@pytest.mark.parametrize("build", [lambda raw: variant(raw), everything,
+                                   lambda raw: variant(raw, services=["smtp"])])
+def test_nginx_accepts_the_config(dev_raw, tmp_path, build):
+    nginx_check(render_nginx_conf(build(dev_raw)), tmp_path)
+
+
+def test_nginx_refuses_a_broken_config(dev_settings, tmp_path):
+    # The validator itself must be able to say no, or the test above proves nothing.
+    broken = render_nginx_conf(dev_settings).replace("proxy_protocol on;", "proxy_protocol maybe;", 1)
+    with pytest.raises(AssertionError, match="nginx -t refused"):
+        nginx_check(broken, tmp_path)
+
+
+def test_one_server_per_enabled_service_to_its_twin(dev_raw):
+    settings = everything(dev_raw)
+    found = servers(render_nginx_conf(settings))
+    assert set(found) == {s.public_port for s in catalogue.SERVICES}
+    for service in catalogue.SERVICES:
+        directives = found[service.public_port]
+        assert directives["proxy_pass"] == [f"100.64.0.2:{service.home_port}"]
+        assert directives["proxy_protocol"] == ["on" if service.proxy_protocol else "off"]
+        assert directives["proxy_timeout"] == [f"{service.timeout.seconds}s"]
+        assert directives["listen"] == [f"{service.public_port} so_keepalive=on",
+                                        f"[::]:{service.public_port} so_keepalive=on"]
+
+
+def test_mail_is_never_forwarded_to_a_plain_port(dev_raw):
+    found = servers(render_nginx_conf(everything(dev_raw)))
+    plain_mail_ports = {s.public_port for s in catalogue.SERVICES if s.proxy_protocol}
+    targets = {int(d["proxy_pass"][0].rsplit(":", 1)[1]) for d in found.values()}
+    assert not targets & plain_mail_ports
+
+
+def test_disabled_services_are_absent(dev_raw):
+    found = servers(render_nginx_conf(variant(dev_raw, services=["smtp", "imaps"])))
+    assert set(found) == {25, 993}
+
+
+def test_timeouts_exceed_protocol_limits_and_connect_is_short(dev_settings):
+    conf = render_nginx_conf(dev_settings)
+    assert f"proxy_connect_timeout {CONNECT_TIMEOUT_SECONDS}s;" in conf
+    assert CONNECT_TIMEOUT_SECONDS <= 10
+    found = servers(conf)
+    assert found[993]["proxy_timeout"] == ["1860s"]  # > 30 min IMAP autologout
+    assert found[4190]["proxy_timeout"] == ["1860s"]
+    assert found[25]["proxy_timeout"] == ["600s"]
+    assert "proxy_socket_keepalive on;" in conf
+
+
+# Runs inside the namespace: plays the home twin listeners and the internet client.
+PROBE = r"""
+import json, socket, sys
+client_ip, public_ip, home_ip, pairs = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+result = {}
+for public, twin in pairs:
+    listener = socket.create_server((home_ip, twin))
+    listener.settimeout(5)
+    client = socket.create_connection((public_ip, public), timeout=5, source_address=(client_ip, 0))
+    upstream, _ = listener.accept()
+    upstream.settimeout(5)
+    data = b""
+    while b"\r\n" not in data:
+        chunk = upstream.recv(200)
+        if not chunk:
+            break
+        data += chunk
+    result[public] = [data.split(b"\r\n")[0].decode(), client.getsockname()[1]]
+    client.close(); upstream.close(); listener.close()
+print(json.dumps(result))
+"""
+
+
+def test_real_nginx_sends_the_real_client_address_to_every_twin(dev_settings, tmp_path):
+    client, public, home = "198.51.100.7", "203.0.113.10", dev_settings.home.tailnet_ip
+    runtime = NginxRuntime(
+        user="root", pid=str(tmp_path / "nginx.pid"), error_log=str(tmp_path / "error.log"),
+        access_log=str(tmp_path / "access.log"), worker_connections=64, listen_address=public,
+    )
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(render_nginx_conf(dev_settings, runtime))
+    with Netns() as ns:
+        for address in (client, public, home):
+            ns.run(["ip", "addr", "add", f"{address}/32", "dev", "lo"]).check_returncode()
+        ns.run(["ip", "link", "set", "lo", "up"]).check_returncode()
+        started = ns.run(["nginx", "-c", str(conf)])
+        assert started.returncode == 0, started.stderr
+        try:
+            pairs = [[s.public_port, s.home_port] for s in dev_settings.enabled_services]
+            probe = ns.run([sys.executable, "-c", PROBE, client, public, home, json.dumps(pairs)])
+            assert probe.returncode == 0, probe.stderr
+            seen = json.loads(probe.stdout)
+        finally:
+            pid = int((tmp_path / "nginx.pid").read_text())
+            subprocess.run(["kill", str(pid)], check=False)
+            for _ in range(50):
+                if not Path(f"/proc/{pid}").exists():
+                    break
+                time.sleep(0.1)
+    for service in dev_settings.enabled_services:
+        header, client_port = seen[str(service.public_port)]
+        assert header == f"PROXY TCP4 {client} {public} {client_port} {service.public_port}", service.name
