@@ -164,6 +164,8 @@ services:
     image: example/dovecot
     ports:
       - "${IMAP_PORT:-143}:143"
+  rspamd-mailcow:
+    image: example/rspamd
   nginx-mailcow:
     image: example/nginx
     ports:

@@ -1,0 +1,67 @@
+"""What the user publishes: DNS records and the tailnet policy snippet."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from mailgate.deployment import Deployment
+from mailgate.renderers.dns import dns_records, render_dns_records
+from mailgate.renderers.tailscale_policy import render_policy_snippet
+from tests.settings_variants import everything, variant
+
+
+def by_type(records, record_type):
+    return [r for r in records if r.type == record_type]
+
+
+def test_records_point_mail_at_the_gateway(dev_settings):
+    records = dns_records(dev_settings, Deployment(public_ipv4="203.0.113.10"))
+    assert [(r.name, r.value) for r in by_type(records, "A")] == [("mail.example.com", "203.0.113.10")]
+    assert [(r.name, r.value) for r in by_type(records, "MX")] == [("example.com", "10 mail.example.com.")]
+    txt = {r.name: r.value for r in by_type(records, "TXT") if not r.value.startswith("<")}
+    assert txt["example.com"] == "v=spf1 include:spf.brevo.com ~all"
+    assert txt["_dmarc.example.com"].startswith("v=DMARC1; p=quarantine;")
+    assert not by_type(records, "AAAA")
+
+
+def test_srv_records_follow_the_enabled_services(dev_raw):
+    records = dns_records(variant(dev_raw, services=["smtp", "imaps", "submission"]), Deployment())
+    assert [(r.name, r.value) for r in by_type(records, "SRV")] == [
+        ("_submission._tcp.example.com", "0 1 587 mail.example.com."),
+        ("_imaps._tcp.example.com", "0 1 993 mail.example.com."),
+    ]
+
+
+def test_ipv6_and_web_add_their_records(dev_raw):
+    records = dns_records(everything(dev_raw), Deployment(public_ipv6="2001:db8::10"))
+    assert [r.value for r in by_type(records, "AAAA")] == ["2001:db8::10"]
+    assert {r.name for r in by_type(records, "CNAME")} == {"autodiscover.example.com", "autoconfig.example.com"}
+
+
+def test_placeholders_are_marked_for_the_user(dev_settings):
+    text = render_dns_records(dns_records(dev_settings, Deployment()))
+    assert "<gateway public IPv4>" in text
+    assert text.splitlines()[0].startswith("; DNS records to publish")
+
+
+def hujson(text: str) -> dict:
+    return json.loads(re.sub(r"^\s*//.*$", "", text, flags=re.M))
+
+
+def test_policy_lets_only_the_gateway_tag_reach_the_twin_ports(dev_settings):
+    policy = hujson(render_policy_snippet(dev_settings))
+    assert policy["acls"] == [{
+        "action": "accept", "src": ["tag:mailgw"],
+        "dst": ["mailgate-home:10025,10465,10587,10143,10993,14190"],
+    }]
+    assert policy["hosts"] == {"mailgate-home": "100.64.0.2/32"}
+    assert policy["tagOwners"] == {"tag:mailgw": ["autogroup:admin"]}
+
+
+def test_policy_names_the_home_tag_when_there_is_one(dev_raw):
+    settings = variant(dev_raw, tailscale={"homeTag": "tag:mailhome"}, services=["smtp"])
+    policy = hujson(render_policy_snippet(settings))
+    assert policy["acls"][0]["dst"] == ["tag:mailhome:10025"]
+    assert "hosts" not in policy
+    assert set(policy["tagOwners"]) == {"tag:mailgw", "tag:mailhome"}
