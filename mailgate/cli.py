@@ -79,17 +79,43 @@ def refresh_docs(args: argparse.Namespace) -> int:
     return 0
 
 
+RENDER_MARKER = ".mailgate-render"
+
+
+def prepare_out_dir(out: Path, new_files: list[str]) -> None:
+    """Render only into an empty directory or one an earlier render made; remove the
+    earlier render's files that this one no longer has (e.g. after turning IPv6 off)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ConfigError([f"--out {out}: not a directory"])
+    marker = out / RENDER_MARKER
+    if not marker.exists():
+        if any(out.iterdir()):
+            raise ConfigError([
+                f"--out {out}: not empty and not made by `mailgate render`; "
+                "expected a new or empty directory"
+            ])
+        return
+    for old in marker.read_text(encoding="utf-8").split():
+        if old not in new_files and not old.startswith(("/", "..")) and ".." not in old.split("/"):
+            (out / old).unlink(missing_ok=True)
+
+
 def render(args: argparse.Namespace) -> int:
     settings = load_stack(args.config)
     deployment = Deployment(
         args.gateway_tailnet_ip, args.public_ipv4 or PUBLIC_IPV4_PLACEHOLDER, args.public_ipv6
     )
     files = all_files(settings, deployment)
-    for rendered in files:
-        target = args.out / rendered.host / rendered.path.lstrip("/")
+    relative = [f"{rendered.host}/{rendered.path.lstrip('/')}" for rendered in files]
+    prepare_out_dir(args.out, relative)
+    for rendered, path in zip(files, relative):
+        target = args.out / path
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(rendered.text, encoding="utf-8")
         target.chmod(rendered.mode)
+    (args.out / RENDER_MARKER).write_text("\n".join(relative) + "\n", encoding="utf-8")
     print(f"Rendered {len(files)} files under {args.out}/ (secrets are placeholders):")
     for rendered in files:
         print(f"  {rendered.host}/{rendered.path.lstrip('/')}")

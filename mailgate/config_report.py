@@ -38,10 +38,11 @@ _EXPECTATIONS = {
 def problems_from_validation_error(error: ValidationError, namespace: str) -> list[str]:
     problems = []
     for item in error.errors(include_url=False):
-        # Discriminated/union internals ('function-after', type names) are not user keys.
-        location = tuple(p for p in item["loc"] if isinstance(p, int) or not p[:1].islower() or p.isidentifier())
+        # Validator internals such as 'function-after[...]' are not keys the user typed.
+        location = tuple(p for p in item["loc"] if isinstance(p, int) or p.isidentifier())
         message = _EXPECTATIONS.get(item["type"]) or item["msg"].removeprefix("Value error, ")
-        if item["type"] not in _EXPECTATIONS and "input" in item and item["type"].endswith("_type"):
-            message += f" (got {item['input']!r})"
+        if item["type"].endswith(("_type", "_parsing")):
+            got = repr(item["input"])
+            message += f" (got {got if len(got) <= 60 else got[:57] + '...'})"
         problems.append(f"{key_path(namespace, location)}: {message}")
     return problems

@@ -25,7 +25,7 @@ def test_render_writes_the_tree_and_prints_the_summary(tmp_path):
                       "--gateway-tailnet-ip", "100.100.1.1", "--public-ipv4", "203.0.113.10")
     assert result.returncode == 0, result.stderr
     files = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
-    assert files == {
+    assert files - {".mailgate-render"} == {
         "gateway/cloud-init/user-data.yaml",
         "gateway/etc/nginx/nginx.conf",
         "gateway/etc/iptables/mailgate.rules.v4",
@@ -127,3 +127,22 @@ def test_every_key_of_the_example_stack_is_documented():
         assert f"`{key}`" in table, key
         for sub in value if isinstance(value, dict) else {}:
             assert f"`{key}.{sub}`" in table, f"{key}.{sub}"
+
+
+def test_render_refuses_a_foreign_directory_and_tidies_its_own(tmp_path):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep")
+    result = mailgate("render", "--out", str(foreign))
+    assert result.returncode == 2 and "not made by `mailgate render`" in result.stderr
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+
+    out = tmp_path / "r"
+    stack = yaml.safe_load(DEV_STACK.read_text())
+    stack["config"]["mailgate:gateway"]["ipv6"] = True
+    ipv6_stack = tmp_path / "Pulumi.v6.yaml"
+    ipv6_stack.write_text(yaml.safe_dump(stack))
+    assert mailgate("render", "--config", str(ipv6_stack), "--out", str(out)).returncode == 0
+    assert (out / "gateway/etc/iptables/mailgate.rules.v6").exists()
+    assert mailgate("render", "--out", str(out)).returncode == 0
+    assert not (out / "gateway/etc/iptables/mailgate.rules.v6").exists()
