@@ -60,3 +60,47 @@ def _load_without_secret_marking(config):
 
     runtime_config.set_all_config(config, [])
     load_stack_settings()
+
+
+def test_exports_are_complete_and_filled_from_the_deployed_gateway(dev_raw):
+    from tests import pulumi_harness as h
+
+    run = run_program(dev_raw)
+    assert set(run.exports) == {"public_ipv4", "gateway_tailnet_ip", "gateway_image_id",
+                                "dns_records", "tailscale_policy_snippet", "port_map"}
+    assert run.value("public_ipv4") == h.PUBLIC_IPV4
+    assert run.value("gateway_tailnet_ip") == h.GATEWAY_TAILNET_IPV4
+    records = run.value("dns_records")
+    assert {"name": "mail.example.com", "type": "A", "value": h.PUBLIC_IPV4,
+            "note": "the gateway's reserved public IP"} in records
+    assert not any(r["type"] == "AAAA" for r in records)
+    assert "<gateway public" not in repr(records)
+
+    ipv6 = copy.deepcopy(dev_raw)
+    ipv6["gateway"]["ipv6"] = True
+    run = run_program(ipv6)
+    assert run.value("public_ipv6") == h.PUBLIC_IPV6
+    assert {"name": "mail.example.com", "type": "AAAA", "value": h.PUBLIC_IPV6,
+            "note": "the gateway's IPv6"} in run.value("dns_records")
+
+
+def test_no_export_is_secret_or_carries_the_auth_key(dev_raw):
+    from tests import pulumi_harness as h
+
+    run = run_program(dev_raw)
+    user_data = h.plain(run.one("oci:Core/instance:Instance").inputs)["metadata"]["user_data"]
+    for name, export in run.exports.items():
+        # A secret-marked export would show as [secret] and be useless to copy into DNS.
+        assert export["secret"] is False, name
+        assert h.AUTH_KEY not in repr(export["value"]), name
+        assert user_data not in repr(export["value"]), name
+
+
+def test_runs_are_independent_even_after_a_refused_config(dev_raw):
+    # Each test's run must see only its own exports, even when an earlier run failed.
+    ipv6 = copy.deepcopy(dev_raw)
+    ipv6["gateway"]["ipv6"] = True
+    assert "public_ipv6" in run_program(ipv6).exports
+    with pytest.raises(pulumi.RunError):
+        run_program(dev_raw, secrets={})
+    assert "public_ipv6" not in run_program(dev_raw).exports

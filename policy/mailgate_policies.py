@@ -1,0 +1,138 @@
+"""Guard rails checked by `pulumi preview --policy-pack policy`, independently of the code
+that builds the resources: a mistake in the catalogue or a hand-added rule still cannot
+open the gateway to the internet.
+
+Mandatory: nothing reaches SSH or every port from 0.0.0.0/0 or ::/0, and no TCP/UDP
+ingress rule lacks a port range (OCI reads a missing range as "all ports").
+Advisory: the reserved MX address is protected, the VM gets no ephemeral public IP, and
+the VM is deleted before its replacement is created.
+
+Props arrive as the engine sends them: camelCase names, numbers as floats.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping
+
+from pulumi_policy import EnforcementLevel, ResourceValidationPolicy
+
+SECURITY_LIST = "oci:Core/securityList:SecurityList"
+NSG_RULE = "oci:Core/networkSecurityGroupSecurityRule:NetworkSecurityGroupSecurityRule"
+PUBLIC_IP = "oci:Core/publicIp:PublicIp"
+INSTANCE = "oci:Core/instance:Instance"
+
+WORLD = ("0.0.0.0/0", "::/0")
+TCP, UDP, ALL = "6", "17", "all"
+SSH_PORT = 22
+
+ReportViolation = Callable[..., None]
+
+
+@dataclass(frozen=True)
+class Ingress:
+    """An ingress rule from a security list or a network security group, made alike."""
+
+    protocol: str
+    source: str
+    ports: tuple[int, int] | None
+    """(min, max) destination ports; None when the rule names no range."""
+
+
+def _range(options: Mapping[str, Any] | None) -> tuple[int, int] | None:
+    if not options or options.get("min") is None or options.get("max") is None:
+        return None
+    return int(options["min"]), int(options["max"])
+
+
+def _options(rule: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    return rule.get({TCP: "tcpOptions", UDP: "udpOptions"}.get(str(rule.get("protocol")), ""))
+
+
+def ingress_rules(resource_type: str, props: Mapping[str, Any]) -> Iterator[Ingress]:
+    if resource_type == SECURITY_LIST:
+        for rule in props.get("ingressSecurityRules") or []:
+            yield Ingress(str(rule.get("protocol")), str(rule.get("source")),
+                          _range(_options(rule)))
+    elif resource_type == NSG_RULE and str(props.get("direction")).upper() == "INGRESS":
+        options = _options(props) or {}
+        yield Ingress(str(props.get("protocol")), str(props.get("source")),
+                      _range(options.get("destinationPortRange")))
+
+
+def no_world_ssh_or_all_ports(args, report_violation: ReportViolation) -> None:
+    for rule in ingress_rules(args.resource_type, args.props):
+        if rule.source not in WORLD:
+            continue
+        if rule.protocol == ALL:
+            report_violation(f"every protocol and port is open to {rule.source}")
+        elif rule.protocol in (TCP, UDP) and rule.ports is None:
+            report_violation(f"every {'TCP' if rule.protocol == TCP else 'UDP'} port is open "
+                             f"to {rule.source}")
+        elif rule.protocol == TCP and rule.ports[0] <= SSH_PORT <= rule.ports[1]:
+            report_violation(f"SSH (port {SSH_PORT}) is open to {rule.source}; allow it only "
+                             "from mailgate:gateway.adminCidrs")
+
+
+def tcp_udp_ingress_has_port_range(args, report_violation: ReportViolation) -> None:
+    for rule in ingress_rules(args.resource_type, args.props):
+        if rule.protocol in (TCP, UDP) and rule.ports is None:
+            report_violation(f"protocol {rule.protocol} ingress from {rule.source} names no port "
+                             "range, which OCI reads as every port")
+
+
+def reserved_public_ip_is_protected(args, report_violation: ReportViolation) -> None:
+    if (args.resource_type == PUBLIC_IP and args.props.get("lifetime") == "RESERVED"
+            and not args.opts.protect):
+        report_violation("the reserved public IP is the MX address; protect it so a destroy or "
+                         "replacement cannot release it")
+
+
+def instance_has_no_ephemeral_public_ip(args, report_violation: ReportViolation) -> None:
+    if args.resource_type != INSTANCE:
+        return
+    assign = (args.props.get("createVnicDetails") or {}).get("assignPublicIp")
+    # OCI assigns an ephemeral address in a public subnet unless told "false".
+    if str(assign).lower() != "false":
+        report_violation("the instance would get an ephemeral public IP besides the reserved "
+                         "one; set create_vnic_details.assign_public_ip to \"false\"")
+
+
+def instance_deleted_before_replace(args, report_violation: ReportViolation) -> None:
+    if args.resource_type == INSTANCE and not args.opts.delete_before_replace:
+        report_violation("replacing the instance create-first needs twice the Always Free "
+                         "quota; set delete_before_replace")
+
+
+POLICIES = [
+    ResourceValidationPolicy(
+        name="no-world-ssh-or-all-ports",
+        description="No ingress to SSH or to every port from 0.0.0.0/0 or ::/0.",
+        validate=no_world_ssh_or_all_ports,
+        enforcement_level=EnforcementLevel.MANDATORY,
+    ),
+    ResourceValidationPolicy(
+        name="tcp-udp-ingress-has-port-range",
+        description="Every TCP or UDP ingress rule names its destination ports.",
+        validate=tcp_udp_ingress_has_port_range,
+        enforcement_level=EnforcementLevel.MANDATORY,
+    ),
+    ResourceValidationPolicy(
+        name="reserved-public-ip-protected",
+        description="The reserved public IP (the MX address) is protected.",
+        validate=reserved_public_ip_is_protected,
+        enforcement_level=EnforcementLevel.ADVISORY,
+    ),
+    ResourceValidationPolicy(
+        name="instance-no-ephemeral-public-ip",
+        description="The gateway VM gets no ephemeral public IP.",
+        validate=instance_has_no_ephemeral_public_ip,
+        enforcement_level=EnforcementLevel.ADVISORY,
+    ),
+    ResourceValidationPolicy(
+        name="instance-delete-before-replace",
+        description="The gateway VM is deleted before its replacement is created.",
+        validate=instance_deleted_before_replace,
+        enforcement_level=EnforcementLevel.ADVISORY,
+    ),
+]
