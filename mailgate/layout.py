@@ -14,7 +14,7 @@ from mailgate.deployment import Deployment
 from mailgate.renderers.cloud_init import render_cloud_init
 from mailgate.renderers.compose import render_compose_override
 from mailgate.renderers.dns import dns_records, render_dns_records
-from mailgate.renderers.firewall import render_gateway_firewall, render_home_firewall
+from mailgate.renderers.firewall import HOME_TWIN_CHAIN, render_gateway_firewall, render_home_firewall
 from mailgate.renderers.mailcow import (
     RELAY_PASSWORD_MAP,
     render_docker_after_tailscale,
@@ -100,7 +100,7 @@ def home_files(
         RenderedFile(HOME, home_path(settings, POSTFIX_RELAY_MAP),
                      render_relay_password_map(settings, secrets.relay_password), 0o640, secret=True),
         RenderedFile(HOME, HOME_FIREWALL, render_home_firewall(settings, deployment), 0o640),
-        RenderedFile(HOME, DOCKER_DROP_IN, render_docker_after_tailscale()),
+        RenderedFile(HOME, DOCKER_DROP_IN, render_docker_after_tailscale(HOME_FIREWALL, HOME_TWIN_CHAIN)),
     ]
 
 

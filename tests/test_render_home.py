@@ -129,6 +129,18 @@ def test_only_the_gateway_reaches_the_twin_ports(dev_settings):
         assert seen[f"{gateway}:{port}"] == ("open" if port in enabled else "reset"), port
 
 
-def test_docker_waits_for_tailscaled():
-    text = render_docker_after_tailscale()
-    assert "[Unit]\nAfter=tailscaled.service\n" in text
+def test_docker_waits_for_tailscaled_and_reloads_the_firewall(dev_settings, tmp_path):
+    rules = tmp_path / "home-firewall.rules"
+    rules.write_text(render_home_firewall(dev_settings, Deployment()))
+    text = render_docker_after_tailscale(str(rules), HOME_TWIN_CHAIN)
+    assert "[Unit]\nAfter=tailscaled.service\nWants=tailscaled.service\n" in text
+    command = next(line for line in text.splitlines() if line.startswith("ExecStartPost="))
+    argv = ["/bin/sh", "-c", command.split("/bin/sh -c ", 1)[1].strip("'")]
+    with Netns() as ns:
+        ns.run(["iptables", "-N", "DOCKER-USER"]).check_returncode()  # dockerd makes it
+        for _ in range(2):  # every docker restart runs it again
+            ran = ns.run(argv)
+            assert ran.returncode == 0, ran.stderr
+        saved = ns.run(["iptables-save"]).stdout
+    assert saved.count(f"-A DOCKER-USER -j {HOME_TWIN_CHAIN}") == 1
+    assert "--reject-with tcp-reset" in saved

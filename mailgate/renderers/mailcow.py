@@ -80,14 +80,19 @@ def render_dovecot_extra(deployment: Deployment, existing: str | None = None) ->
     return merge_block(existing, f"haproxy_trusted_networks = {deployment.gateway_tailnet_ip}/32")
 
 
-def render_docker_after_tailscale() -> str:
-    """systemd drop-in: Docker can publish on the tailnet IP only once tailscaled set it up."""
+def render_docker_after_tailscale(firewall_rules: str, chain: str) -> str:
+    """systemd drop-in for docker.service: start after tailscaled, and re-load the
+    twin-port firewall each time dockerd (re)creates its DOCKER-USER chain."""
     return (
         "# Rendered by mailgate: the twin ports are published on the tailnet address,\n"
         "# which exists only after tailscaled is up.\n"
         "[Unit]\n"
         "After=tailscaled.service\n"
         "Wants=tailscaled.service\n"
+        "\n"
+        "[Service]\n"
+        f"ExecStartPost=/bin/sh -c 'iptables-restore --noflush {firewall_rules} && "
+        f"(iptables -C DOCKER-USER -j {chain} 2>/dev/null || iptables -I DOCKER-USER -j {chain})'\n"
     )
 
 

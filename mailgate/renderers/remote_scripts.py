@@ -1,0 +1,167 @@
+"""The shell that remote steps run on the gateway and the home server, and the file
+bundle they read from stdin.
+
+Scripts are POSIX sh, idempotent (a file is replaced only when its bytes differ, and only
+the containers whose inputs changed are recreated) and roll back on a failed check.
+Host programs are parameters (HostCommands) so the tests can run the same text against
+a temporary root, a network namespace and a recording `docker`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import tarfile
+from dataclasses import dataclass
+
+from mailgate.layout import (
+    COMPOSE_OVERRIDE,
+    DOCKER_DROP_IN,
+    DOVECOT_EXTRA,
+    GATEWAY_FIREWALL_V4,
+    GATEWAY_FIREWALL_V6,
+    HOME_FIREWALL,
+    MAILCOW_CONF,
+    POSTFIX_EXTRA,
+    POSTFIX_RELAY_MAP,
+    RenderedFile,
+    home_path,
+)
+from mailgate.renderers import render_template
+from mailgate.renderers.firewall import HOME_TWIN_CHAIN
+from mailgate.renderers.mailcow import POSTFIX_CONTAINER_CONF
+from mailgate.settings import Settings
+
+STATE_DIR = "/var/lib/mailgate"
+POSTFIX, DOVECOT = "postfix-mailcow", "dovecot-mailcow"
+
+# What a changed file needs: containers to recreate, or a firewall/systemd reload.
+HOME_EFFECTS: dict[str, tuple[str, str]] = {
+    COMPOSE_OVERRIDE: (f"{POSTFIX} {DOVECOT}", "compose"),
+    MAILCOW_CONF: (f"{POSTFIX} {DOVECOT}", "compose"),
+    DOVECOT_EXTRA: (DOVECOT, "mailcow"),
+    POSTFIX_EXTRA: (POSTFIX, "mailcow"),
+    POSTFIX_RELAY_MAP: (POSTFIX, "mailcow"),
+}
+
+# Mailcow's entrypoint builds main.cf from the part above '# Overrides #' plus extra.cf;
+# check that combination before the container is recreated with it.
+POSTFIX_CHECK = (
+    "d=$(mktemp -d); "
+    f'sed "/^# Overrides #/q" {POSTFIX_CONTAINER_CONF}/main.cf > $d/main.cf; '
+    f"cat {POSTFIX_CONTAINER_CONF}/extra.cf >> $d/main.cf; "
+    f"cp {POSTFIX_CONTAINER_CONF}/master.cf $d/; "
+    "postconf -c $d -n >/dev/null; rc=$?; rm -rf $d; exit $rc"
+)
+
+
+@dataclass(frozen=True)
+class HostCommands:
+    """How the scripts call the host's programs; production values by default."""
+
+    root: str = ""
+    docker: str = "docker"
+    iptables: str = "iptables"
+    ip6tables: str = "ip6tables"
+    systemctl: str = "systemctl"
+    nginx_check: str = "nginx -t"
+    nginx_reload: str = "systemctl reload nginx"
+    persist_firewall: str = "netfilter-persistent save >/dev/null"
+
+    def iptables_restore(self, ip_version: int) -> str:
+        tool = self.iptables if ip_version == 4 else self.ip6tables
+        return f"{tool}-restore --noflush"
+
+
+@dataclass(frozen=True)
+class ScriptFile:
+    path: str
+    mode: int
+    services: str = ""
+    kind: str = ""
+    ip_version: int = 4
+
+
+def pack(files: list[RenderedFile]) -> str:
+    """The files as a base64 tar (fixed metadata, so equal content gives equal text)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for rendered in sorted(files, key=lambda f: f.path):
+            data = rendered.text.encode()
+            info = tarfile.TarInfo(rendered.path.lstrip("/"))
+            info.size, info.mode, info.mtime = len(data), rendered.mode, 0
+            archive.addfile(info, io.BytesIO(data))
+    return base64.b64encode(buffer.getvalue()).decode() + "\n"
+
+
+def unpack(bundle: str) -> dict[str, str]:
+    """A base64 tar (as the snapshot prints it) -> absolute path -> text."""
+    files = {}
+    raw = base64.b64decode("".join(bundle.split()))
+    with tarfile.open(fileobj=io.BytesIO(raw)) as archive:
+        for member in archive.getmembers():
+            if member.isfile():
+                files["/" + member.name.lstrip("./")] = archive.extractfile(member).read().decode()
+    return files
+
+
+def content_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def render_gateway_apply(files: list[RenderedFile], commands: HostCommands = HostCommands(),
+                         wait_for_cloud_init: bool = True) -> str:
+    script_files = [ScriptFile(f.path, f.mode) for f in files]
+    firewall = [ScriptFile(p, 0o640, ip_version=v)
+                for p, v in ((GATEWAY_FIREWALL_V4, 4), (GATEWAY_FIREWALL_V6, 6))
+                if any(f.path == p for f in files)]
+    return render_template("scripts/gateway-apply.sh.j2", root=commands.root, commands=commands,
+                           files=script_files, firewall_files=firewall,
+                           wait_for_cloud_init=wait_for_cloud_init)
+
+
+def home_touched_paths(settings: Settings) -> list[str]:
+    """Every home path mailgate may write, in the order the scripts handle them."""
+    return [home_path(settings, rel) for rel in HOME_EFFECTS] + [HOME_FIREWALL, DOCKER_DROP_IN]
+
+
+def render_home_snapshot(settings: Settings, commands: HostCommands = HostCommands()) -> str:
+    return render_template("scripts/home-snapshot.sh.j2", root=commands.root, state_dir=STATE_DIR,
+                           paths=home_touched_paths(settings))
+
+
+def _home_script_file(settings: Settings, rendered: RenderedFile) -> ScriptFile:
+    for relative, (services, _) in HOME_EFFECTS.items():
+        if rendered.path == home_path(settings, relative):
+            return ScriptFile(rendered.path, rendered.mode, services=services)
+    kind = "firewall" if rendered.path == HOME_FIREWALL else "systemd"
+    return ScriptFile(rendered.path, rendered.mode, kind=kind)
+
+
+def render_home_apply(settings: Settings, files: list[RenderedFile],
+                      commands: HostCommands = HostCommands()) -> str:
+    return render_template(
+        "scripts/home-apply.sh.j2", root=commands.root, commands=commands, state_dir=STATE_DIR,
+        mailcow_dir=settings.home.mailcow_dir, files=[_home_script_file(settings, f) for f in files],
+        firewall_path=HOME_FIREWALL, chain=HOME_TWIN_CHAIN, postfix_check=POSTFIX_CHECK,
+    )
+
+
+def render_home_restore(settings: Settings, commands: HostCommands = HostCommands()) -> str:
+    return render_template(
+        "scripts/home-restore.sh.j2", root=commands.root, commands=commands, state_dir=STATE_DIR,
+        mailcow_dir=settings.home.mailcow_dir, chain=HOME_TWIN_CHAIN,
+        services=f"{POSTFIX} {DOVECOT}",
+    )
+
+
+def originals_for_merge(settings: Settings, snapshot: dict[str, str]) -> dict[str, str]:
+    """Snapshot (absolute paths) -> the Mailcow-relative `existing` map home_files wants."""
+    return {
+        relative: snapshot[home_path(settings, relative)]
+        for relative in HOME_EFFECTS
+        if home_path(settings, relative) in snapshot
+    }
+
+
