@@ -6,6 +6,8 @@ Data flows one way: stack config -> settings -> renderers -> components -> hosts
 import pulumi
 
 from components.gateway import GatewayHost, GatewayHostArgs, rebuild_trigger
+from components.gateway_config import GatewayConfig, GatewayConfigArgs
+from components.home_config import HomeConfig, HomeConfigArgs
 from components.network import GatewayNetwork, GatewayNetworkArgs
 from components.stack_config import load_stack_settings
 from components.tailnet import Tailnet, TailnetArgs, device_tailnet_ip
@@ -19,6 +21,11 @@ network = GatewayNetwork("gateway-net", GatewayNetworkArgs(settings.gateway, set
 tailnet = Tailnet("tailnet", TailnetArgs(settings, new_key_when=rebuild_trigger(settings)))
 gateway = GatewayHost("gateway", GatewayHostArgs(settings, network.subnet_id, tailnet.auth_key))
 gateway_tailnet_ip = device_tailnet_ip(settings.tailscale.gateway_hostname, joined=gateway.instance)
+GatewayConfig("gateway-config", GatewayConfigArgs(
+    settings, gateway.public_ipv4, secrets.gateway_ssh_private_key, gateway.instance))
+HomeConfig("home-config", HomeConfigArgs(
+    settings, gateway_tailnet_ip, secrets.relay_password, secrets.home_ssh_private_key,
+    gateway.public_ipv4, secrets.gateway_ssh_private_key))
 
 deployment = pulumi.Output.all(
     gateway_tailnet_ip=gateway_tailnet_ip,

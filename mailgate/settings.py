@@ -385,6 +385,11 @@ class HomeSettings(Strict):
         "/opt/mailcow-dockerized",
         description="Absolute path of the Mailcow checkout on the Mini PC.",
     )
+    via_gateway: bool = Field(
+        False,
+        description="Reach the Mini PC's SSH through the gateway (jump host), for a runner "
+        "that sees the Mini PC only on the tailnet; sshHost is then its tailnet name or IP.",
+    )
 
     @field_validator("ssh_host")
     @classmethod

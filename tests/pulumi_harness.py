@@ -19,6 +19,8 @@ from pulumi.runtime import config as runtime_config
 from pulumi.runtime import mocks, rpc, settings as runtime_settings
 from pulumi.runtime.stack import wait_for_rpcs
 
+from mailgate.layout import RenderedFile
+from mailgate.renderers.remote_scripts import pack
 from tests.conftest import ROOT
 
 PROJECT, STACK = "mailgate", "dev"
@@ -67,6 +69,10 @@ UBUNTU_IMAGES = (
 )
 
 
+HOME_MAILCOW_CONF = "MAILCOW_HOSTNAME=mail.example.com\nDBPASS=db-secret-in-snapshot\n"
+HOME_SNAPSHOT = pack([RenderedFile("home", "/opt/mailcow-dockerized/mailcow.conf", HOME_MAILCOW_CONF)])
+
+
 def provider_outputs(args: pulumi.runtime.MockResourceArgs) -> dict[str, Any]:
     """Outputs the OCI and Tailscale providers compute on create (camelCase, as they do)."""
     if args.typ == "oci:Core/vcn:Vcn" and args.inputs.get("isIpv6enabled"):
@@ -75,6 +81,9 @@ def provider_outputs(args: pulumi.runtime.MockResourceArgs) -> dict[str, Any]:
         return {"ipAddress": PUBLIC_IPV4}
     if args.typ == "tailscale:index/tailnetKey:TailnetKey":
         return {"key": AUTH_KEY}
+    if args.typ == "command:remote:Command" and args.name.endswith("-snapshot"):
+        # The home's pristine originals, as the snapshot script prints them.
+        return {"stdout": HOME_SNAPSHOT}
     return {}
 
 

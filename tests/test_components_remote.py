@@ -1,0 +1,79 @@
+"""The remote steps as `pulumi up` declares them (the real __main__.py under mocks)."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+
+from google.protobuf import json_format
+
+from mailgate.renderers.remote_scripts import unpack
+from tests import pulumi_harness as h
+from tests.pulumi_harness import plain, run_program, secret_paths
+
+PASSWORD = "relay-secret-for-mock-tests"
+
+
+def command(run, name):
+    registered = next(r for r in run.resources if r.name == name)
+    options = run.monitor.options[name]
+    return plain(registered.inputs), options, json_format.MessageToDict(options["object"])
+
+
+def urn_of(run, name):
+    return run.monitor.options[name]["urn"]
+
+
+def test_gateway_step_runs_after_the_vm_and_only_when_the_files_change(dev_raw):
+    run = run_program(dev_raw)
+    inputs, options, _ = command(run, "gateway-config-apply")
+    assert inputs["triggers"] == [hashlib.sha256(inputs["stdin"].encode()).hexdigest()]
+    assert inputs["connection"]["host"] == h.PUBLIC_IPV4
+    assert inputs["connection"]["user"] == "ubuntu"
+    assert inputs["connection"]["perDialTimeout"] == 15 and inputs["connection"]["dialErrorLimit"] == 4
+    assert "cloud-init status --wait" in inputs["create"]
+    files = unpack(inputs["stdin"])
+    assert set(files) == {"/etc/nginx/nginx.conf", "/etc/iptables/mailgate.rules.v4"}
+    assert urn_of(run, "gateway-instance") in options["dependencies"]
+
+
+def test_home_step_sends_secrets_only_on_stdin_and_merges_into_the_users_files(dev_raw):
+    run = run_program(dev_raw, secrets={"relayPassword": PASSWORD})
+    inputs, options, sent = command(run, "home-config-apply")
+    assert secret_paths(sent) >= {"stdin"}
+    for script in ("create", "update", "delete"):
+        assert PASSWORD not in inputs[script]
+    assert inputs["logging"] == "none"
+    assert {"stdout", "stderr"} <= set(options["additional_secret_outputs"])
+    files = unpack(inputs["stdin"])
+    conf = files["/opt/mailcow-dockerized/mailcow.conf"]
+    assert conf.startswith(h.HOME_MAILCOW_CONF) and "SMTP_PORT_HAPROXY=100.64.0.2:10025" in conf
+    assert files["/opt/mailcow-dockerized/data/conf/postfix/mailgate_relay_passwd"].endswith(f":{PASSWORD}\n")
+    assert f"haproxy_trusted_networks = {h.GATEWAY_TAILNET_IPV4}/32" in (
+        files["/opt/mailcow-dockerized/data/conf/dovecot/extra.conf"])
+    assert "mailgate: home restored" in inputs["delete"]
+    # After the snapshot, and after the gateway's tailnet address is known.
+    assert urn_of(run, "home-config-snapshot") in options["dependencies"]
+    assert run.events.index("tailscale:index/getDevice:getDevice") < run.events.index("home-config-apply")
+
+
+def test_home_snapshot_output_is_secret_and_unlogged(dev_raw):
+    run = run_program(dev_raw)
+    inputs, options, _ = command(run, "home-config-snapshot")
+    assert inputs["logging"] == "none"
+    assert {"stdout", "stderr"} <= set(options["additional_secret_outputs"])
+    assert "delete" not in inputs  # destroy is the apply step's job
+
+
+def test_host_key_pinning_and_jump_through_the_gateway(dev_raw, dev_settings):
+    raw = copy.deepcopy(dev_raw)
+    raw["home"]["sshHostKey"] = dev_settings.gateway.ssh_public_keys[0]
+    raw["home"]["viaGateway"] = True
+    run = run_program(raw, secrets={"relayPassword": PASSWORD, "gatewaySshPrivateKey": "GWKEY",
+                                    "homeSshPrivateKey": "HOMEKEY"})
+    inputs, _, sent = command(run, "home-config-apply")
+    connection = inputs["connection"]
+    assert connection["hostKey"] == dev_settings.gateway.ssh_public_keys[0]
+    assert connection["proxy"]["host"] == h.PUBLIC_IPV4 and connection["proxy"]["user"] == "ubuntu"
+    # The provider marks the whole connection (keys included) secret.
+    assert "connection" in secret_paths(sent)
