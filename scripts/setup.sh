@@ -13,6 +13,7 @@ APT_PACKAGES=(
   cloud-init
   docker-compose
   iptables iproute2
+  openssh-server openssh-client
 )
 
 if [ "$(id -u)" -eq 0 ]; then
