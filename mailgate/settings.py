@@ -156,6 +156,14 @@ def _admin_cidr(cidr: str) -> str:
     return str(network)
 
 
+def _within(value: float, low: float, high: float, unit: str, limit: str, always_free: bool) -> None:
+    if not low <= value <= high:
+        raise ValueError(
+            f"{value:g} {unit} is outside {limit}; expected {low:g} to {high:g} {unit}"
+            + (" (Always Free)" if always_free else "")
+        )
+
+
 def _distinct(values: list[str]) -> None:
     for index, value in enumerate(values):
         if value in values[:index]:
@@ -262,12 +270,8 @@ class GatewaySettings(Strict):
         low, high = limits.ocpus
         if info.data.get("always_free") and limits.always_free:
             high = min(high, limits.free_ocpus)
-        if not low <= value <= high:
-            raise ValueError(
-                f"{value:g} OCPUs is outside what {info.data['shape']} allows here; "
-                f"expected {low:g} to {high:g}"
-                + (" (Always Free)" if info.data.get("always_free") else "")
-            )
+        _within(value, low, high, "OCPUs", f"what {info.data['shape']} allows here",
+                info.data.get("always_free", False))
         return value
 
     @field_validator("memory_in_gbs")
@@ -281,21 +285,16 @@ class GatewaySettings(Strict):
         high = min(limits.memory_per_ocpu[1] * ocpus, limits.max_memory)
         if info.data.get("always_free") and limits.always_free:
             high = min(high, limits.free_memory)
-        if not low <= value <= high:
-            raise ValueError(
-                f"{value:g} GB is outside what {info.data['shape']} allows with {ocpus:g} "
-                f"OCPU(s); expected {low:g} to {high:g} GB"
-                + (" (Always Free)" if info.data.get("always_free") else "")
-            )
+        _within(value, low, high, "GB", f"what {info.data['shape']} allows with {ocpus:g} OCPU(s)",
+                info.data.get("always_free", False))
         return value
 
     @field_validator("boot_volume_size_in_gbs")
     @classmethod
     def _boot_volume(cls, value: int, info: ValidationInfo) -> int:
-        high = ALWAYS_FREE_BOOT_VOLUME_GB if info.data.get("always_free") else 32768
-        if not 50 <= value <= high:
-            raise ValueError(f"{value} GB is outside 50 to {high} GB"
-                             + (" (Always Free)" if info.data.get("always_free") else ""))
+        free = info.data.get("always_free", False)
+        _within(value, 50, ALWAYS_FREE_BOOT_VOLUME_GB if free else 32768, "GB",
+                "what OCI allows", free)
         return value
 
     @field_validator("image_id")
