@@ -65,7 +65,41 @@ def _parser() -> argparse.ArgumentParser:
     )
     docs.add_argument("--write", action="store_true", help="write the files (else only report)")
     docs.add_argument("--root", type=Path, default=Path("."), help="project directory")
+    lab = commands.add_parser(
+        "lab", help="the whole mail path in network namespaces on this machine (root, Linux)",
+        description="Build the lab from the stack's rendered files (up), prove the design's "
+        "promises from outside (check), show it (status), remove every trace (down).")
+    lab.add_argument("action", choices=("up", "check", "down", "status"))
+    lab.add_argument("--config", type=Path, default=Path("Pulumi.dev.yaml"),
+                     help="Pulumi stack file to read (default: %(default)s)")
     return parser
+
+
+def run_lab(args: argparse.Namespace) -> int:
+    from mailgate.lab import lab
+    from mailgate.lab.checks import run_checks
+    from mailgate.lab.system import LabError
+
+    try:
+        if args.action == "down":
+            lab.down()
+            print("lab: removed")
+        elif args.action == "status":
+            print("\n".join(lab.status()))
+        elif args.action == "up":
+            lab.up(load_stack(args.config))
+            print("lab: up (python -m mailgate lab check proves it, lab down removes it)")
+        else:
+            results = run_checks(lab.lab_settings(load_stack(args.config)))
+            for result in results:
+                print(result.line())
+            failed = sum(not r.passed for r in results)
+            print(f"{len(results) - failed} passed, {failed} failed")
+            return 1 if failed else 0
+    except LabError as error:
+        print(f"mailgate lab: {error}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def refresh_docs(args: argparse.Namespace) -> int:
@@ -133,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "docs":
             return refresh_docs(args)
+        if args.command == "lab":
+            return run_lab(args)
         return render(args)
     except ConfigError as error:
         print(error.report(), file=sys.stderr)

@@ -14,6 +14,7 @@ APT_PACKAGES=(
   docker-compose
   iptables iproute2
   openssh-server openssh-client
+  wireguard-go wireguard-tools openssl
 )
 
 if [ "$(id -u)" -eq 0 ]; then

@@ -1,0 +1,33 @@
+"""The lab: the whole mail path on one Linux machine, in network namespaces.
+
+    mglab-inet 198.51.100.7 ── veth ── 203.0.113.10 mglab-gw (nginx, rendered config)
+                                        192.0.2.1 │ wg-gw 100.64.0.1
+                                      WireGuard (wireguard-go), home dials out
+                                        192.0.2.2 │ wg-home 100.64.0.2
+                                               mglab-home (Postfix + Dovecot, rendered
+                                               extra.cf / extra.conf / home firewall)
+                                        192.0.2.5 │ (second tailnet peer)
+                                        192.0.2.6 │ wg-spoof 100.64.0.3
+                                               mglab-spoof (would-be spoofer)
+
+Only documentation and CGNAT ranges, host routes only, no default route anywhere:
+nothing the lab sends can leave it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+STATE = Path("/tmp/mailgate-lab")  # under /tmp: Postfix's maillog_file must be there
+INET, GATEWAY, HOME, SPOOF = "mglab-inet", "mglab-gw", "mglab-home", "mglab-spoof"
+NAMESPACES = (INET, GATEWAY, HOME, SPOOF)
+
+CLIENT_IP = "198.51.100.7"
+PUBLIC_IP = "203.0.113.10"
+GATEWAY_UNDERLAY, HOME_UNDERLAY = "192.0.2.1", "192.0.2.2"
+HOME_SPOOF_UNDERLAY, SPOOF_UNDERLAY = "192.0.2.5", "192.0.2.6"
+GATEWAY_TAILNET, HOME_TAILNET, SPOOF_TAILNET = "100.64.0.1", "100.64.0.2", "100.64.0.3"
+WG_PORT = 51820
+
+MAIL_USER, MAIL_PASSWORD = "user@example.com", "lab-password"
+MAIL_UID = 5000

@@ -1,0 +1,145 @@
+"""`lab check`: what the design promises, proven from the outside of a running lab."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from mailgate.lab import (
+    CLIENT_IP, GATEWAY, GATEWAY_TAILNET, HOME_TAILNET, INET, MAIL_PASSWORD, MAIL_USER, PUBLIC_IP, SPOOF,
+)
+from mailgate.lab import topology
+from mailgate.lab.daemons import DOVECOT_LOG, POSTFIX_LOG
+from mailgate.lab.system import alive, recorded_pids, run, wait_for
+from mailgate.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent.parent
+
+
+@dataclass
+class Result:
+    name: str
+    passed: bool
+    detail: str
+
+    def line(self) -> str:
+        return f"{'PASS' if self.passed else 'FAIL'}  {self.name}: {self.detail}"
+
+
+def probe(namespace: str, action: str, *args: object) -> dict:
+    result = run([sys.executable, "-m", "mailgate.lab.probe", action, *map(str, args)], namespace,
+                 check=False, timeout=40)
+    if result.returncode != 0:
+        return {"error": result.stderr.strip()}
+    return json.loads(result.stdout)
+
+
+def _log_from(path: Path, offset: int) -> str:
+    return path.read_text(errors="replace")[offset:] if path.exists() else ""
+
+
+def _size(path: Path) -> int:
+    return len(path.read_text(errors="replace")) if path.exists() else 0
+
+
+def _session_lines(service) -> list[str]:
+    """Probe one public port; return the log lines that session left at the twin."""
+    log = POSTFIX_LOG if service.container == "postfix-mailcow" else DOVECOT_LOG
+    start = _size(log)
+    probe(INET, "banner", PUBLIC_IP, service.public_port)
+    if service.container == "postfix-mailcow":
+        marker = f"postfix/twin{service.home_port}/"
+    else:
+        marker = "managesieve-login:" if service.name == "managesieve" else "imap-login:"
+    lines: list[str] = []
+    for _ in range(40):  # logged when the session ends; bounded wait
+        lines = [line for line in _log_from(log, start).splitlines() if marker in line]
+        if lines:
+            break
+        time.sleep(0.1)
+    return lines
+
+
+def real_client_address(settings: Settings) -> list[Result]:
+    results = []
+    for service in settings.enabled_services:
+        lines = _session_lines(service)
+        real = any(CLIENT_IP in line for line in lines)
+        tunnel = any(GATEWAY_TAILNET in line for line in lines)
+        results.append(Result(f"real client address on {service.name} ({service.public_port})",
+                              real and not tunnel,
+                              f"{lines[0].split(': ', 1)[-1][:90] if lines else 'nothing logged'}"))
+    return results
+
+
+def delivery() -> Result:
+    subject = f"lab-{uuid.uuid4().hex[:8]}"
+    sent = probe(INET, "send", PUBLIC_IP, 25, "sender@example.net", MAIL_USER, subject)
+    count = None
+    for _ in range(20):
+        count = probe(INET, "fetch", PUBLIC_IP, MAIL_USER, MAIL_PASSWORD, subject).get("count")
+        if count:
+            break
+        time.sleep(0.5)
+    return Result("mail to 25 is delivered and fetched over IMAPS via the gateway",
+                  sent.get("code") == 250 and count == 1, f"send {sent}, found {count}")
+
+
+def no_open_relay() -> list[Result]:
+    results = []
+    for port in (25, 465, 587):
+        answer = probe(INET, "send", PUBLIC_IP, port, "someone@example.net", "victim@example.org", "relay")
+        code = answer.get("code")
+        results.append(Result(f"no open relay on {port}", isinstance(code, int) and 500 <= code < 600,
+                              f"answer {answer}"))
+    answer = probe(SPOOF, "send", HOME_TAILNET, 25, "someone@example.net", "victim@example.org", "relay")
+    code = answer.get("code")
+    results.append(Result("no open relay from a tailnet peer on plain 25",
+                          isinstance(code, int) and 500 <= code < 600, f"answer {answer}"))
+    return results
+
+
+def forged_proxy_refused(settings: Settings) -> list[Result]:
+    results = []
+    for service in settings.enabled_services:
+        if not service.proxy_protocol:
+            continue
+        answer = probe(SPOOF, "connect", HOME_TAILNET, service.home_port, "192.0.2.66")
+        results.append(Result(f"forged PROXY header refused on twin {service.home_port}",
+                              answer.get("result") == "refused", f"from {SPOOF}: {answer}"))
+    return results
+
+
+def gateway_survives_home_outage() -> Result:
+    nginx = recorded_pids().get("nginx")
+    topology.set_home_tunnel(False)
+    try:
+        during = probe(INET, "banner", PUBLIC_IP, 25)
+    finally:
+        topology.set_home_tunnel(True)
+    wait_for(lambda: topology.handshake(GATEWAY), "the tunnel to come back", timeout=15)
+    after = {}
+    for _ in range(20):
+        after = probe(INET, "banner", PUBLIC_IP, 25)
+        if (after.get("banner") or "").startswith("220"):
+            break
+        time.sleep(0.5)
+    no_reply = not (during.get("banner") or "").strip()
+    passed = no_reply and nginx is not None and alive(nginx) and (after.get("banner") or "").startswith("220")
+    return Result("home down: no reply (sender retries), nginx stays up, serves again after", passed,
+                  f"during {during}, after {after.get('banner', after)!r:.40}")
+
+
+def run_checks(settings: Settings) -> list[Result]:
+    results = real_client_address(settings)
+    results.append(delivery())
+    results += no_open_relay()
+    results += forged_proxy_refused(settings)
+    results.append(gateway_survives_home_outage())
+    return results
+
+

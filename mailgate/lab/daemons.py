@@ -1,0 +1,123 @@
+"""The lab's daemons, configured from mailgate's rendered files.
+
+What the lab substitutes, and why (nothing else is changed):
+- nginx: the runtime paths (pid, logs, user) and the listen address (the gateway
+  namespace's public address), via NginxRuntime; the stream servers are as rendered.
+- Postfix extra.cf: Mailcow's container path /opt/postfix/conf becomes the lab's config
+  dir, and Mailcow's `proxy:mysql:` SASL map is dropped from the list: the lab has no
+  MySQL (and Debian's Postfix no mysql map type). The relay settings stay as rendered.
+- The home firewall is hooked into INPUT instead of Docker's DOCKER-USER: the lab's
+  daemons run in the namespace itself, not behind Docker's NAT.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from mailgate.deployment import Deployment
+from mailgate.lab import GATEWAY, GATEWAY_TAILNET, HOME, MAIL_PASSWORD, MAIL_UID, MAIL_USER, PUBLIC_IP, STATE
+from mailgate.lab.system import LabError, record_pid, run, spawn, wait_for
+from mailgate.renderers import render_template
+from mailgate.renderers.firewall import HOME_TWIN_CHAIN, render_home_firewall
+from mailgate.renderers.mailcow import (
+    MAILCOW_SASL_MAP, POSTFIX_CONTAINER_CONF, render_dovecot_extra, render_postfix_extra,
+    render_relay_password_map,
+)
+from mailgate.renderers.nginx import NginxRuntime, render_nginx_conf
+from mailgate.settings import Settings
+
+HOME_DIR, GATEWAY_DIR = STATE / "home", STATE / "gw"
+TLS, MAIL_DIR = HOME_DIR / "tls", HOME_DIR / "mail"
+POSTFIX_DIR, DOVECOT_DIR = HOME_DIR / "postfix", HOME_DIR / "dovecot"
+POSTFIX_LOG, DOVECOT_LOG = HOME_DIR / "postfix.log", DOVECOT_DIR / "dovecot.log"
+NGINX_CONF = GATEWAY_DIR / "nginx.conf"
+LAB_RELAY_PASSWORD = "lab-relay-password"
+
+
+def make_tls() -> None:
+    TLS.mkdir(parents=True, exist_ok=True)
+    run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=mail.example.com", "-keyout", str(TLS / "key.pem"), "-out", str(TLS / "cert.pem")])
+
+
+def lab_extra_cf(settings: Settings) -> str:
+    text = render_postfix_extra(settings)
+    text = text.replace(f"{MAILCOW_SASL_MAP}, ", "")
+    return text.replace(POSTFIX_CONTAINER_CONF, str(POSTFIX_DIR))
+
+
+def start_home(settings: Settings, home_firewall: bool = True) -> None:
+    if home_firewall:
+        run(["iptables-restore", "--noflush"], HOME,
+            stdin=render_home_firewall(settings, Deployment(gateway_tailnet_ip=GATEWAY_TAILNET)))
+        run(["iptables", "-I", "INPUT", "-j", HOME_TWIN_CHAIN], HOME)
+    MAIL_DIR.mkdir(parents=True, exist_ok=True)
+    shutil.chown(MAIL_DIR, MAIL_UID, MAIL_UID)
+    _start_postfix(settings)
+    _start_dovecot()
+
+
+def _start_postfix(settings: Settings) -> None:
+    POSTFIX_DIR.mkdir(parents=True)
+    (POSTFIX_DIR / "data").mkdir()
+    (POSTFIX_DIR / "queue").mkdir()
+    shutil.chown(POSTFIX_DIR / "data", "postfix")
+    main_cf = render_template("lab/main.cf.j2", dir=POSTFIX_DIR, hostname=settings.mail_hostname,
+                              domain=settings.domain, mail_dir=MAIL_DIR, uid=MAIL_UID, tls=TLS,
+                              log=POSTFIX_LOG)
+    (POSTFIX_DIR / "main.cf").write_text(main_cf + lab_extra_cf(settings))
+    (POSTFIX_DIR / "master.cf").write_text(render_template("lab/master.cf.j2"))
+    local, domain = MAIL_USER.split("@")
+    (POSTFIX_DIR / "vmailbox").write_text(f"{MAIL_USER} {domain}/{local}/\n")
+    (POSTFIX_DIR / "mailgate_relay_passwd").write_text(
+        render_relay_password_map(settings, LAB_RELAY_PASSWORD))
+    run(["postfix", "-c", str(POSTFIX_DIR), "check"], HOME)
+    run(["postfix", "-c", str(POSTFIX_DIR), "start"], HOME)
+    pid_file = POSTFIX_DIR / "queue" / "pid" / "master.pid"
+    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), "the Postfix master")
+    record_pid("postfix-master", int(pid_file.read_text()))
+
+
+def _start_dovecot() -> None:
+    DOVECOT_DIR.mkdir(parents=True)
+    (DOVECOT_DIR / "var-lib").mkdir()
+    (DOVECOT_DIR / "extra.conf").write_text(
+        render_dovecot_extra(Deployment(gateway_tailnet_ip=GATEWAY_TAILNET)))
+    (DOVECOT_DIR / "users").write_text(
+        f"{MAIL_USER}:{{PLAIN}}{MAIL_PASSWORD}:{MAIL_UID}:{MAIL_UID}::{MAIL_DIR}::\n")
+    imap = (("imap", 143, False, False), ("imaps", 993, True, False),
+            ("imap_haproxy", 10143, False, True), ("imaps_haproxy", 10993, True, True))
+    conf = DOVECOT_DIR / "dovecot.conf"
+    conf.write_text(render_template("lab/dovecot.conf.j2", dir=DOVECOT_DIR, tls=TLS,
+                                    mail_dir=MAIL_DIR, imap_listeners=imap))
+    # Dovecot always records itself in /var/lib/dovecot/instances: give it the lab's own.
+    spawn("dovecot", ["sh", "-c", f"mount --bind {DOVECOT_DIR / 'var-lib'} /var/lib/dovecot && "
+                      f"exec dovecot -F -c {conf}"], HOME)
+    wait_for(lambda: (DOVECOT_DIR / "run" / "master.pid").exists(), "Dovecot", timeout=15)
+
+
+def start_gateway(settings: Settings, nginx_edit=None) -> None:
+    GATEWAY_DIR.mkdir(parents=True)
+    runtime = NginxRuntime(user="root", pid=str(GATEWAY_DIR / "nginx.pid"),
+                           error_log=str(GATEWAY_DIR / "error.log"),
+                           access_log=str(GATEWAY_DIR / "access.log"),
+                           worker_connections=4096, listen_address=PUBLIC_IP)
+    text = render_nginx_conf(settings, runtime)
+    NGINX_CONF.write_text(nginx_edit(text) if nginx_edit else text)
+    run(["nginx", "-c", str(NGINX_CONF)], GATEWAY)
+    pid_file = GATEWAY_DIR / "nginx.pid"
+    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), "nginx")
+    record_pid("nginx", int(pid_file.read_text()))
+
+
+def stop_postfix() -> None:
+    if (POSTFIX_DIR / "main.cf").exists():
+        run(["postfix", "-c", str(POSTFIX_DIR), "stop"], HOME, check=False)
+
+
+def require_programs() -> None:
+    missing = [p for p in ("nginx", "postfix", "dovecot", "wireguard-go", "wg", "openssl", "iptables")
+               if shutil.which(p) is None and not Path("/usr/sbin", p).exists()]
+    if missing:
+        raise LabError(f"missing programs: {', '.join(missing)} (run bash scripts/setup.sh as root)")

@@ -1,0 +1,100 @@
+"""Client actions the checks run inside a namespace: `python -m mailgate.lab.probe ACTION ...`.
+
+Prints one JSON object. Every network call has a timeout; nothing loops unbounded.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import json
+import smtplib
+import socket
+import ssl
+import sys
+import time
+
+TIMEOUT = 10
+
+
+def _tls() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the lab CA is throwaway; we test addresses, not PKI
+    return context
+
+
+def _smtp(host: str, port: int):
+    if port in (465,):
+        return smtplib.SMTP_SSL(host, port, timeout=TIMEOUT, context=_tls())
+    client = smtplib.SMTP(host, port, timeout=TIMEOUT)
+    client.ehlo("client.example.net")
+    if port == 587:
+        client.starttls(context=_tls())
+        client.ehlo("client.example.net")
+    return client
+
+
+def send(host: str, port: str, sender: str, recipient: str, subject: str) -> dict:
+    """Try one message; report the server's answer (code 250 = accepted)."""
+    try:
+        client = _smtp(host, int(port))
+        message = f"From: {sender}\r\nTo: {recipient}\r\nSubject: {subject}\r\n\r\nlab\r\n"
+        try:
+            client.sendmail(sender, [recipient], message)
+            return {"code": 250}
+        except smtplib.SMTPRecipientsRefused as error:
+            return {"code": error.recipients[recipient][0], "text": error.recipients[recipient][1].decode()}
+        except smtplib.SMTPResponseException as error:
+            return {"code": error.smtp_code, "text": str(error.smtp_error)}
+        finally:
+            try:
+                client.quit()
+            except (smtplib.SMTPException, OSError):
+                pass
+    except (smtplib.SMTPException, OSError) as error:
+        return {"code": None, "text": f"{type(error).__name__}: {error}"}
+
+
+def banner(host: str, port: str) -> dict:
+    """Connect and read whatever the server says first (nothing, if it closes)."""
+    start = time.monotonic()
+    try:
+        with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
+            if int(port) in (465, 993):
+                sock = _tls().wrap_socket(sock)
+            data = sock.recv(200).decode(errors="replace")
+    except OSError as error:
+        return {"banner": None, "error": type(error).__name__, "seconds": time.monotonic() - start}
+    return {"banner": data, "seconds": time.monotonic() - start}
+
+
+def connect(host: str, port: str, forged: str = "") -> dict:
+    """Open a TCP connection (optionally sending a PROXY header) and say how it went."""
+    try:
+        with socket.create_connection((host, int(port)), timeout=3) as sock:
+            if forged:
+                sock.sendall(f"PROXY TCP4 {forged} {host} 40000 {port}\r\n".encode())
+            return {"result": "open"}
+    except ConnectionRefusedError:
+        return {"result": "refused"}
+    except OSError as error:
+        return {"result": type(error).__name__}
+
+
+def fetch(host: str, user: str, password: str, subject: str) -> dict:
+    """IMAPS login and count messages with that subject."""
+    try:
+        client = imaplib.IMAP4_SSL(host, 993, ssl_context=_tls(), timeout=TIMEOUT)
+        client.login(user, password)
+        client.select("INBOX")
+        _, found = client.search(None, "SUBJECT", f'"{subject}"')
+        client.logout()
+        return {"count": len(found[0].split())}
+    except (imaplib.IMAP4.error, OSError) as error:
+        return {"count": None, "error": str(error)}
+
+
+ACTIONS = {"send": send, "banner": banner, "connect": connect, "fetch": fetch}
+
+if __name__ == "__main__":
+    print(json.dumps(ACTIONS[sys.argv[1]](*sys.argv[2:])))

@@ -1,0 +1,78 @@
+"""Running programs in the lab's namespaces, and ending only what the lab started."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from mailgate.lab import STATE
+
+
+class LabError(Exception):
+    pass
+
+
+def run(argv: list[str], namespace: str | None = None, check: bool = True,
+        stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    if namespace:
+        argv = ["ip", "netns", "exec", namespace, *argv]
+    result = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise LabError(f"{' '.join(argv)} failed: {result.stderr.strip() or result.stdout.strip()}")
+    return result
+
+
+def spawn(name: str, argv: list[str], namespace: str) -> int:
+    """Start a long-running program in the background and record its PID."""
+    log = (STATE / f"{name}.out").open("w")
+    process = subprocess.Popen(["ip", "netns", "exec", namespace, *argv], stdin=subprocess.DEVNULL,
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    record_pid(name, process.pid)
+    return process.pid
+
+
+def record_pid(name: str, pid: int) -> None:
+    pids = STATE / "pids"
+    pids.mkdir(parents=True, exist_ok=True)
+    (pids / name).write_text(str(pid))
+
+
+def recorded_pids() -> dict[str, int]:
+    pids = STATE / "pids"
+    if not pids.is_dir():
+        return {}
+    return {p.name: int(p.read_text()) for p in pids.iterdir() if p.read_text().strip().isdigit()}
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def stop(pid: int, timeout: float = 5) -> None:
+    if not alive(pid):
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+def wait_for(condition, what: str, timeout: float = 10, interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval)
+    raise LabError(f"timed out after {timeout:g} s waiting for {what}")

@@ -1,0 +1,90 @@
+"""Namespaces, links and the WireGuard tunnel of the lab."""
+
+from __future__ import annotations
+
+from mailgate.lab import (
+    CLIENT_IP, GATEWAY, GATEWAY_TAILNET, GATEWAY_UNDERLAY, HOME, HOME_SPOOF_UNDERLAY,
+    HOME_TAILNET, HOME_UNDERLAY, INET, NAMESPACES, PUBLIC_IP, SPOOF, SPOOF_TAILNET,
+    SPOOF_UNDERLAY, STATE, WG_PORT,
+)
+from mailgate.lab.system import run, spawn, wait_for
+
+# (namespace a, interface a, address a, namespace b, interface b, address b)
+LINKS = (
+    (INET, "inet0", CLIENT_IP, GATEWAY, "gw-inet", PUBLIC_IP),
+    (GATEWAY, "gw-home", GATEWAY_UNDERLAY, HOME, "home-gw", HOME_UNDERLAY),
+    (HOME, "home-spoof", HOME_SPOOF_UNDERLAY, SPOOF, "spoof-home", SPOOF_UNDERLAY),
+)
+# Interface names are distinct because wireguard-go's control sockets live in one
+# /var/run/wireguard shared by every namespace.
+TUNNELS = {GATEWAY: ("wg-gw", GATEWAY_TAILNET), HOME: ("wg-home", HOME_TAILNET),
+           SPOOF: ("wg-spoof", SPOOF_TAILNET)}
+
+
+def existing_namespaces() -> list[str]:
+    listed = run(["ip", "netns", "list"]).stdout.split()
+    return [name for name in NAMESPACES if name in listed]
+
+
+def create_namespaces() -> None:
+    for namespace in NAMESPACES:
+        run(["ip", "netns", "add", namespace])
+        run(["ip", "link", "set", "lo", "up"], namespace)
+    for ns_a, if_a, ip_a, ns_b, if_b, ip_b in LINKS:
+        run(["ip", "link", "add", if_a, "netns", ns_a, "type", "veth", "peer", if_b, "netns", ns_b])
+        for namespace, interface, address, peer in ((ns_a, if_a, ip_a, ip_b), (ns_b, if_b, ip_b, ip_a)):
+            run(["ip", "addr", "add", f"{address}/32", "dev", interface], namespace)
+            run(["ip", "link", "set", interface, "up"], namespace)
+            # A host route to the far end only: there is no default route anywhere.
+            run(["ip", "route", "add", f"{peer}/32", "dev", interface], namespace)
+
+
+def _key(name: str) -> str:
+    private = STATE / "wg" / f"{name}.key"
+    private.parent.mkdir(parents=True, exist_ok=True)
+    private.write_text(run(["wg", "genkey"]).stdout)
+    private.chmod(0o600)
+    return run(["wg", "pubkey"], stdin=private.read_text()).stdout.strip()
+
+
+def create_tunnel() -> None:
+    public = {namespace: _key(namespace) for namespace in TUNNELS}
+    for namespace, (interface, address) in TUNNELS.items():
+        spawn(f"wireguard-{namespace}", ["wireguard-go", "-f", interface], namespace)
+        wait_for(lambda: run(["ip", "link", "show", interface], namespace, check=False).returncode == 0,
+                 f"{interface} in {namespace}")
+        run(["ip", "addr", "add", f"{address}/32", "dev", interface], namespace)
+        run(["ip", "link", "set", interface, "up"], namespace)
+    key = lambda ns: str(STATE / "wg" / f"{ns}.key")  # noqa: E731
+    run(["wg", "set", "wg-gw", "private-key", key(GATEWAY), "listen-port", str(WG_PORT),
+         "peer", public[HOME], "allowed-ips", f"{HOME_TAILNET}/32"], GATEWAY)
+    # Home dials out with keepalive, as it must from behind CGNAT.
+    run(["wg", "set", "wg-home", "private-key", key(HOME), "listen-port", str(WG_PORT),
+         "peer", public[GATEWAY], "allowed-ips", f"{GATEWAY_TAILNET}/32",
+         "endpoint", f"{GATEWAY_UNDERLAY}:{WG_PORT}", "persistent-keepalive", "1",
+         "peer", public[SPOOF], "allowed-ips", f"{SPOOF_TAILNET}/32"], HOME)
+    run(["wg", "set", "wg-spoof", "private-key", key(SPOOF), "listen-port", str(WG_PORT),
+         "peer", public[HOME], "allowed-ips", f"{HOME_TAILNET}/32",
+         "endpoint", f"{HOME_SPOOF_UNDERLAY}:{WG_PORT}", "persistent-keepalive", "1"], SPOOF)
+    for namespace, peers in ((GATEWAY, [HOME_TAILNET]), (HOME, [GATEWAY_TAILNET, SPOOF_TAILNET]),
+                             (SPOOF, [HOME_TAILNET])):
+        for peer in peers:
+            run(["ip", "route", "add", f"{peer}/32", "dev", TUNNELS[namespace][0]], namespace)
+    wait_for(lambda: handshake(GATEWAY), "the WireGuard handshake between gateway and home")
+
+
+def handshake(namespace: str) -> bool:
+    output = run(["wg", "show", TUNNELS[namespace][0], "latest-handshakes"], namespace, check=False).stdout
+    return any(line.split()[-1] != "0" for line in output.splitlines() if line.strip())
+
+
+def set_home_tunnel(up: bool) -> None:
+    run(["ip", "link", "set", "wg-home", "up" if up else "down"], HOME)
+    if up:
+        run(["ip", "route", "replace", f"{GATEWAY_TAILNET}/32", "dev", "wg-home"], HOME)
+        run(["ip", "route", "replace", f"{SPOOF_TAILNET}/32", "dev", "wg-home"], HOME)
+
+
+def delete_namespaces() -> None:
+    for namespace in existing_namespaces():
+        run(["ip", "netns", "delete", namespace], check=False)
