@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
         "lab", help="the whole mail path in network namespaces on this machine (root, Linux)",
         description="Build the lab from the stack's rendered files (up), prove the design's "
         "promises from outside (check), show it (status), remove every trace (down).")
-    lab.add_argument("action", choices=("up", "check", "down", "status"))
+    lab.add_argument("action", choices=("up", "check", "down", "status", "bench"))
     lab.add_argument("--config", type=Path, default=Path("Pulumi.dev.yaml"),
                      help="Pulumi stack file to read (default: %(default)s)")
     return parser
@@ -86,6 +86,10 @@ def run_lab(args: argparse.Namespace) -> int:
             print("lab: removed")
         elif args.action == "status":
             print("\n".join(lab.status()))
+        elif args.action == "bench":
+            from mailgate.lab.bench import bench
+
+            print("\n".join(bench()))
         elif args.action == "up":
             lab.up(load_stack(args.config))
             print("lab: up (python -m mailgate lab check proves it, lab down removes it)")

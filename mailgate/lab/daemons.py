@@ -70,6 +70,7 @@ def _start_postfix(settings: Settings) -> None:
     (POSTFIX_DIR / "master.cf").write_text(render_template("lab/master.cf.j2"))
     local, domain = MAIL_USER.split("@")
     (POSTFIX_DIR / "vmailbox").write_text(f"{MAIL_USER} {domain}/{local}/\n")
+    (POSTFIX_DIR / "transport").write_text("discard.example discard:\n")
     (POSTFIX_DIR / "mailgate_relay_passwd").write_text(
         render_relay_password_map(settings, LAB_RELAY_PASSWORD))
     run(["postfix", "-c", str(POSTFIX_DIR), "check"], HOME)

@@ -94,7 +94,44 @@ def fetch(host: str, user: str, password: str, subject: str) -> dict:
         return {"count": None, "error": str(error)}
 
 
-ACTIONS = {"send": send, "banner": banner, "connect": connect, "fetch": fetch}
+def latency(host: str, port: str, count: str) -> dict:
+    """Seconds from connect to the first banner byte, `count` times (bounded)."""
+    samples = []
+    for _ in range(min(int(count), 2000)):
+        start = time.perf_counter()
+        with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
+            sock.recv(100)
+        samples.append(time.perf_counter() - start)
+    return {"samples": samples}
+
+
+def hold(host: str, port: str, count: str, seconds: str) -> dict:
+    """Open `count` sessions, read each banner, keep them idle `seconds`, report how many
+    were still open at the end."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (8192, 8192))
+    sockets = []
+    for _ in range(min(int(count), 5000)):
+        sock = socket.create_connection((host, int(port)), timeout=TIMEOUT)
+        sock.recv(200)
+        sockets.append(sock)
+    print(json.dumps({"opened": len(sockets)}), flush=True)
+    time.sleep(float(seconds))
+    alive = 0
+    for sock in sockets:
+        sock.setblocking(False)
+        try:
+            alive += sock.recv(1) != b""
+        except BlockingIOError:
+            alive += 1  # nothing to read and not closed: still open
+        except OSError:
+            pass
+        sock.close()
+    return {"opened": len(sockets), "still_open": alive}
+
+
+ACTIONS = {"latency": latency, "hold": hold, "send": send, "banner": banner, "connect": connect, "fetch": fetch}
 
 if __name__ == "__main__":
     print(json.dumps(ACTIONS[sys.argv[1]](*sys.argv[2:])))

@@ -83,3 +83,16 @@ def test_without_proxy_protocol_the_real_address_check_fails(dev_settings):
     assert "real client address on smtp (25)" in broken
     assert "real client address on imaps (993)" not in broken
     assert namespaces_left() == []
+
+
+def test_bench_measures_every_path_and_holds_the_idle_sessions(dev_settings):
+    from mailgate.lab.bench import bench
+
+    lab.up(dev_settings)
+    try:
+        lines = bench(rounds=1, messages=20, samples=20, idle=200)
+    finally:
+        lab.down()
+    table = "\n".join(lines)
+    assert "| via gateway (nginx + PROXY + WireGuard) |" in table and "| tunnel only |" in table
+    assert "200 opened, 200 still open after 5 s idle" in table
