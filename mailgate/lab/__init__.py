@@ -1,6 +1,7 @@
 """The lab: the whole mail path on one Linux machine, in network namespaces.
 
     mglab-inet 198.51.100.7 ── veth ── 203.0.113.10 mglab-gw (nginx, rendered config)
+    (probes, and a sending Postfix)
                                         192.0.2.1 │ wg-gw 100.64.0.1
                                       WireGuard (wireguard-go), home dials out
                                         192.0.2.2 │ wg-home 100.64.0.2

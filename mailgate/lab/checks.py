@@ -13,7 +13,7 @@ from mailgate.lab import (
     CLIENT_IP, GATEWAY, GATEWAY_TAILNET, HOME_TAILNET, INET, MAIL_PASSWORD, MAIL_USER, PUBLIC_IP, SPOOF,
 )
 from mailgate.lab import topology
-from mailgate.lab.daemons import DOVECOT_LOG, POSTFIX_LOG
+from mailgate.lab.daemons import DOVECOT_LOG, POSTFIX_LOG, SENDER_DIR, SENDER_LOG
 from mailgate.lab.system import alive, recorded_pids, run, wait_for
 from mailgate.settings import Settings
 
@@ -134,12 +134,45 @@ def gateway_survives_home_outage() -> Result:
                   f"during {during}, after {after.get('banner', after)!r:.40}")
 
 
+def queued_during_outage_then_delivered_once(messages: int = 3) -> Result:
+    """A real sending Postfix keeps its mail queued while home is away (temporary failure,
+    no bounce) and delivers every message exactly once after the tunnel returns."""
+    start = _size(SENDER_LOG)
+    subjects = [f"outage-{uuid.uuid4().hex[:8]}" for _ in range(messages)]
+    topology.set_home_tunnel(False)
+    try:
+        for subject in subjects:
+            run(["sendmail", "-C", str(SENDER_DIR), "-f", "sender@example.net", MAIL_USER], INET,
+                stdin=f"Subject: {subject}\n\nsent while home was down\n")
+        deferred = 0
+        for _ in range(60):  # bounded: each attempt waits out nginx's 5 s connect timeout
+            deferred = _log_from(SENDER_LOG, start).count("status=deferred")
+            if deferred >= messages:
+                break
+            time.sleep(0.5)
+    finally:
+        topology.set_home_tunnel(True)
+    wait_for(lambda: topology.handshake(GATEWAY), "the tunnel to come back", timeout=15)
+    run(["postqueue", "-c", str(SENDER_DIR), "-f"], INET)
+    counts: list = []
+    for _ in range(60):
+        counts = [probe(INET, "fetch", PUBLIC_IP, MAIL_USER, MAIL_PASSWORD, s).get("count") for s in subjects]
+        if counts == [1] * messages:
+            break
+        time.sleep(0.5)
+    bounced = "status=bounced" in _log_from(SENDER_LOG, start)
+    passed = deferred >= messages and not bounced and counts == [1] * messages
+    return Result("home down: mail stays queued (no bounce), arrives exactly once after", passed,
+                  f"{deferred} deferrals, bounced={bounced}, delivered counts {counts}")
+
+
 def run_checks(settings: Settings) -> list[Result]:
     results = real_client_address(settings)
     results.append(delivery())
     results += no_open_relay()
     results += forged_proxy_refused(settings)
     results.append(gateway_survives_home_outage())
+    results.append(queued_during_outage_then_delivered_once())
     return results
 
 

@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 from mailgate.deployment import Deployment
-from mailgate.lab import GATEWAY, GATEWAY_TAILNET, HOME, MAIL_PASSWORD, MAIL_UID, MAIL_USER, PUBLIC_IP, STATE
+from mailgate.lab import GATEWAY, GATEWAY_TAILNET, HOME, INET, MAIL_PASSWORD, MAIL_UID, MAIL_USER, PUBLIC_IP, STATE
 from mailgate.lab.system import LabError, record_pid, run, spawn, wait_for
 from mailgate.renderers import render_template
 from mailgate.renderers.firewall import HOME_TWIN_CHAIN, render_home_firewall
@@ -32,6 +32,8 @@ TLS, MAIL_DIR = HOME_DIR / "tls", HOME_DIR / "mail"
 POSTFIX_DIR, DOVECOT_DIR = HOME_DIR / "postfix", HOME_DIR / "dovecot"
 POSTFIX_LOG, DOVECOT_LOG = HOME_DIR / "postfix.log", DOVECOT_DIR / "dovecot.log"
 NGINX_CONF = GATEWAY_DIR / "nginx.conf"
+SENDER_DIR = STATE / "inet" / "postfix"
+SENDER_LOG = STATE / "inet" / "postfix.log"
 LAB_RELAY_PASSWORD = "lab-relay-password"
 
 
@@ -112,9 +114,24 @@ def start_gateway(settings: Settings, nginx_edit=None) -> None:
     record_pid("nginx", int(pid_file.read_text()))
 
 
+def start_sender() -> None:
+    """A real MTA on the internet side, to show how a sender sees a home outage."""
+    for sub in ("queue", "data"):
+        (SENDER_DIR / sub).mkdir(parents=True)
+    shutil.chown(SENDER_DIR / "data", "postfix")
+    (SENDER_DIR / "main.cf").write_text(render_template(
+        "lab/sender-main.cf.j2", dir=SENDER_DIR, gateway=PUBLIC_IP, log=SENDER_LOG))
+    (SENDER_DIR / "master.cf").write_text(render_template("lab/master.cf.j2"))
+    run(["postfix", "-c", str(SENDER_DIR), "start"], INET)
+    pid_file = SENDER_DIR / "queue" / "pid" / "master.pid"
+    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), "the sender's Postfix")
+    record_pid("sender-postfix-master", int(pid_file.read_text()))
+
+
 def stop_postfix() -> None:
-    if (POSTFIX_DIR / "main.cf").exists():
-        run(["postfix", "-c", str(POSTFIX_DIR), "stop"], HOME, check=False)
+    for directory, namespace in ((POSTFIX_DIR, HOME), (SENDER_DIR, INET)):
+        if (directory / "main.cf").exists():
+            run(["postfix", "-c", str(directory), "stop"], namespace, check=False)
 
 
 def require_programs() -> None:

@@ -29,6 +29,7 @@ def up(settings: Settings, home_firewall: bool = True, nginx_edit=None) -> None:
         topology.create_tunnel()
         daemons.start_home(settings, home_firewall=home_firewall)
         daemons.start_gateway(settings, nginx_edit)
+        daemons.start_sender()
     except (LabError, OSError) as error:
         down()
         raise LabError(f"lab up failed, everything it made is removed again: {error}") from error
