@@ -10,6 +10,7 @@
                                         192.0.2.5 │ (second tailnet peer)
                                         192.0.2.6 │ wg-spoof 100.64.0.3
                                                mglab-spoof (would-be spoofer)
+    mglab-home 192.0.2.9 ── veth ── 192.0.2.25 mglab-relay (Postfix + SASL, the smart relay)
 
 Only documentation and CGNAT ranges, host routes only, no default route anywhere:
 nothing the lab sends can leave it.
@@ -20,13 +21,15 @@ from __future__ import annotations
 from pathlib import Path
 
 STATE = Path("/tmp/mailgate-lab")  # under /tmp: Postfix's maillog_file must be there
-INET, GATEWAY, HOME, SPOOF = "mglab-inet", "mglab-gw", "mglab-home", "mglab-spoof"
-NAMESPACES = (INET, GATEWAY, HOME, SPOOF)
+INET, GATEWAY, HOME, SPOOF, RELAY = "mglab-inet", "mglab-gw", "mglab-home", "mglab-spoof", "mglab-relay"
+NAMESPACES = (INET, GATEWAY, HOME, SPOOF, RELAY)
 
 CLIENT_IP = "198.51.100.7"
 PUBLIC_IP = "203.0.113.10"
 GATEWAY_UNDERLAY, HOME_UNDERLAY = "192.0.2.1", "192.0.2.2"
 HOME_SPOOF_UNDERLAY, SPOOF_UNDERLAY = "192.0.2.5", "192.0.2.6"
+# The stand-in for the smart relay, reached from home over the (simulated) internet.
+HOME_RELAY_UNDERLAY, RELAY_IP = "192.0.2.9", "192.0.2.25"
 GATEWAY_TAILNET, HOME_TAILNET, SPOOF_TAILNET = "100.64.0.1", "100.64.0.2", "100.64.0.3"
 WG_PORT = 51820
 

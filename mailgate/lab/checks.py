@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailgate.lab import (
-    CLIENT_IP, GATEWAY, GATEWAY_TAILNET, HOME_TAILNET, INET, MAIL_PASSWORD, MAIL_USER, PUBLIC_IP, SPOOF,
+    CLIENT_IP, GATEWAY, GATEWAY_TAILNET, HOME_TAILNET, INET, NAMESPACES, MAIL_PASSWORD, MAIL_USER, PUBLIC_IP, SPOOF,
 )
 from mailgate.lab import topology
-from mailgate.lab.daemons import DOVECOT_LOG, POSTFIX_LOG, SENDER_DIR, SENDER_LOG
-from mailgate.lab.system import alive, recorded_pids, run, wait_for
+from mailgate.lab.daemons import DOVECOT_LOG, POSTFIX_LOG, RELAY_LOG, SENDER_DIR, SENDER_LOG
+from mailgate.lab.system import LabError, alive, recorded_pids, run, wait_for
 from mailgate.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -103,6 +103,23 @@ def no_open_relay() -> list[Result]:
     return results
 
 
+def submission_leaves_through_the_relay(settings: Settings) -> Result:
+    subject = f"relay-{uuid.uuid4().hex[:8]}"
+    start = _size(RELAY_LOG)
+    answer = probe(INET, "submit", PUBLIC_IP, 587, MAIL_USER, MAIL_PASSWORD, "friend@example.org", subject)
+    login = delivered = False
+    for _ in range(40):
+        log = _log_from(RELAY_LOG, start)
+        login = f"sasl_username={settings.relay.username}" in log
+        delivered = "to=<friend@example.org>" in log and "status=sent" in log
+        if login and delivered:
+            break
+        time.sleep(0.5)
+    return Result("authenticated submission on 587 leaves through the relay (SASL login seen there)",
+                  answer.get("code") == 250 and login and delivered,
+                  f"submit {answer}, relay saw login={login}, message={delivered}")
+
+
 def forged_proxy_refused(settings: Settings) -> list[Result]:
     results = []
     for service in settings.enabled_services:
@@ -167,9 +184,13 @@ def queued_during_outage_then_delivered_once(messages: int = 3) -> Result:
 
 
 def run_checks(settings: Settings) -> list[Result]:
+    missing = set(NAMESPACES) - set(topology.existing_namespaces())
+    if missing:
+        raise LabError(f"the lab is not up ({', '.join(sorted(missing))} missing); run `lab up` first")
     results = real_client_address(settings)
     results.append(delivery())
     results += no_open_relay()
+    results.append(submission_leaves_through_the_relay(settings))
     results += forged_proxy_refused(settings)
     results.append(gateway_survives_home_outage())
     results.append(queued_during_outage_then_delivered_once())

@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 from mailgate.deployment import Deployment
-from mailgate.lab import GATEWAY, GATEWAY_TAILNET, HOME, INET, MAIL_PASSWORD, MAIL_UID, MAIL_USER, PUBLIC_IP, STATE
+from mailgate.lab import GATEWAY, GATEWAY_TAILNET, HOME, INET, RELAY, RELAY_IP, MAIL_PASSWORD, MAIL_UID, MAIL_USER, PUBLIC_IP, STATE
 from mailgate.lab.system import LabError, record_pid, run, spawn, wait_for
 from mailgate.renderers import render_template
 from mailgate.renderers.firewall import HOME_TWIN_CHAIN, render_home_firewall
@@ -32,6 +32,9 @@ TLS, MAIL_DIR = HOME_DIR / "tls", HOME_DIR / "mail"
 POSTFIX_DIR, DOVECOT_DIR = HOME_DIR / "postfix", HOME_DIR / "dovecot"
 POSTFIX_LOG, DOVECOT_LOG = HOME_DIR / "postfix.log", DOVECOT_DIR / "dovecot.log"
 NGINX_CONF = GATEWAY_DIR / "nginx.conf"
+RELAY_DIR = STATE / "relay"
+RELAY_LOG = RELAY_DIR / "postfix.log"
+HOSTS = STATE / "hosts"
 SENDER_DIR = STATE / "inet" / "postfix"
 SENDER_LOG = STATE / "inet" / "postfix.log"
 LAB_RELAY_PASSWORD = "lab-relay-password"
@@ -67,7 +70,7 @@ def _start_postfix(settings: Settings) -> None:
     shutil.chown(POSTFIX_DIR / "data", "postfix")
     main_cf = render_template("lab/main.cf.j2", dir=POSTFIX_DIR, hostname=settings.mail_hostname,
                               domain=settings.domain, mail_dir=MAIL_DIR, uid=MAIL_UID, tls=TLS,
-                              log=POSTFIX_LOG)
+                              log=POSTFIX_LOG, auth_socket=DOVECOT_DIR / "postfix-auth")
     (POSTFIX_DIR / "main.cf").write_text(main_cf + lab_extra_cf(settings))
     (POSTFIX_DIR / "master.cf").write_text(render_template("lab/master.cf.j2"))
     local, domain = MAIL_USER.split("@")
@@ -76,7 +79,10 @@ def _start_postfix(settings: Settings) -> None:
     (POSTFIX_DIR / "mailgate_relay_passwd").write_text(
         render_relay_password_map(settings, LAB_RELAY_PASSWORD))
     run(["postfix", "-c", str(POSTFIX_DIR), "check"], HOME)
-    run(["postfix", "-c", str(POSTFIX_DIR), "start"], HOME)
+    # The relay's name resolves through the lab's hosts file (the master and its smtp
+    # clients inherit this private mount); there is no DNS in the lab.
+    HOSTS.write_text(f"127.0.0.1 localhost\n{RELAY_IP} {settings.relay.host}\n")
+    run(["sh", "-c", f"mount --bind {HOSTS} /etc/hosts && exec postfix -c {POSTFIX_DIR} start"], HOME)
     pid_file = POSTFIX_DIR / "queue" / "pid" / "master.pid"
     wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), "the Postfix master")
     record_pid("postfix-master", int(pid_file.read_text()))
@@ -114,6 +120,32 @@ def start_gateway(settings: Settings, nginx_edit=None) -> None:
     record_pid("nginx", int(pid_file.read_text()))
 
 
+def start_relay(settings: Settings) -> None:
+    """The smart relay's stand-in: STARTTLS + SASL (a Dovecot auth service) on 587."""
+    auth = RELAY_DIR / "dovecot"
+    (auth / "var-lib").mkdir(parents=True)
+    (auth / "users").write_text(f"{settings.relay.username}:{{PLAIN}}{LAB_RELAY_PASSWORD}\n")
+    conf = auth / "dovecot.conf"
+    socket_path = auth / "auth-client"
+    conf.write_text(render_template("lab/auth-dovecot.conf.j2", dir=auth, instance="mglab-relay-auth",
+                                    uid=MAIL_UID, socket=socket_path))
+    spawn("relay-dovecot", ["sh", "-c", f"mount --bind {auth / 'var-lib'} /var/lib/dovecot && "
+                            f"exec dovecot -F -c {conf}"], RELAY)
+    wait_for(socket_path.exists, "the relay's SASL socket", timeout=15)
+    postfix = RELAY_DIR / "postfix"
+    for sub in ("queue", "data"):
+        (postfix / sub).mkdir(parents=True)
+    shutil.chown(postfix / "data", "postfix")
+    (postfix / "main.cf").write_text(render_template(
+        "lab/relay-main.cf.j2", dir=postfix, relay_host=settings.relay.host, tls=TLS,
+        auth_socket=socket_path, log=RELAY_LOG))
+    (postfix / "master.cf").write_text(render_template("lab/master.cf.j2"))
+    run(["postfix", "-c", str(postfix), "start"], RELAY)
+    pid_file = postfix / "queue" / "pid" / "master.pid"
+    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), "the relay's Postfix")
+    record_pid("relay-postfix-master", int(pid_file.read_text()))
+
+
 def start_sender() -> None:
     """A real MTA on the internet side, to show how a sender sees a home outage."""
     for sub in ("queue", "data"):
@@ -129,7 +161,7 @@ def start_sender() -> None:
 
 
 def stop_postfix() -> None:
-    for directory, namespace in ((POSTFIX_DIR, HOME), (SENDER_DIR, INET)):
+    for directory, namespace in ((POSTFIX_DIR, HOME), (SENDER_DIR, INET), (RELAY_DIR / "postfix", RELAY)):
         if (directory / "main.cf").exists():
             run(["postfix", "-c", str(directory), "stop"], namespace, check=False)
 

@@ -27,10 +27,11 @@ def up(settings: Settings, home_firewall: bool = True, nginx_edit=None) -> None:
         daemons.make_tls()
         topology.create_namespaces()
         topology.create_tunnel()
+        daemons.start_relay(settings)
         daemons.start_home(settings, home_firewall=home_firewall)
         daemons.start_gateway(settings, nginx_edit)
         daemons.start_sender()
-    except (LabError, OSError) as error:
+    except Exception as error:  # whatever broke, leave nothing behind
         down()
         raise LabError(f"lab up failed, everything it made is removed again: {error}") from error
 

@@ -55,6 +55,23 @@ def send(host: str, port: str, sender: str, recipient: str, subject: str) -> dic
         return {"code": None, "text": f"{type(error).__name__}: {error}"}
 
 
+def submit(host: str, port: str, user: str, password: str, recipient: str, subject: str) -> dict:
+    """Authenticated submission (STARTTLS on 587) of one message from `user`."""
+    try:
+        client = _smtp(host, int(port))
+        try:
+            client.login(user, password)
+            message = f"From: {user}\r\nTo: {recipient}\r\nSubject: {subject}\r\n\r\nlab\r\n"
+            client.sendmail(user, [recipient], message)
+            return {"code": 250}
+        finally:
+            client.quit()
+    except smtplib.SMTPResponseException as error:
+        return {"code": error.smtp_code, "text": str(error.smtp_error)}
+    except (smtplib.SMTPException, OSError) as error:
+        return {"code": None, "text": f"{type(error).__name__}: {error}"}
+
+
 def banner(host: str, port: str) -> dict:
     """Connect and read whatever the server says first (nothing, if it closes)."""
     start = time.monotonic()
@@ -131,7 +148,7 @@ def hold(host: str, port: str, count: str, seconds: str) -> dict:
     return {"opened": len(sockets), "still_open": alive}
 
 
-ACTIONS = {"latency": latency, "hold": hold, "send": send, "banner": banner, "connect": connect, "fetch": fetch}
+ACTIONS = {"submit": submit, "latency": latency, "hold": hold, "send": send, "banner": banner, "connect": connect, "fetch": fetch}
 
 if __name__ == "__main__":
     print(json.dumps(ACTIONS[sys.argv[1]](*sys.argv[2:])))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mailgate.lab import (
-    CLIENT_IP, GATEWAY, GATEWAY_TAILNET, GATEWAY_UNDERLAY, HOME, HOME_SPOOF_UNDERLAY,
+    CLIENT_IP, GATEWAY, HOME_RELAY_UNDERLAY, RELAY, RELAY_IP, GATEWAY_TAILNET, GATEWAY_UNDERLAY, HOME, HOME_SPOOF_UNDERLAY,
     HOME_TAILNET, HOME_UNDERLAY, INET, NAMESPACES, PUBLIC_IP, SPOOF, SPOOF_TAILNET,
     SPOOF_UNDERLAY, STATE, WG_PORT,
 )
@@ -14,6 +14,7 @@ LINKS = (
     (INET, "inet0", CLIENT_IP, GATEWAY, "gw-inet", PUBLIC_IP),
     (GATEWAY, "gw-home", GATEWAY_UNDERLAY, HOME, "home-gw", HOME_UNDERLAY),
     (HOME, "home-spoof", HOME_SPOOF_UNDERLAY, SPOOF, "spoof-home", SPOOF_UNDERLAY),
+    (HOME, "home-relay", HOME_RELAY_UNDERLAY, RELAY, "relay-home", RELAY_IP),
 )
 # Interface names are distinct because wireguard-go's control sockets live in one
 # /var/run/wireguard shared by every namespace.

@@ -44,16 +44,17 @@ def test_up_check_down_through_the_command_line():
     assert up.returncode == 0, up.stderr
     assert mailgate("up").returncode == 0  # idempotent: a second up rebuilds cleanly
     pids = recorded_pids()
-    assert len(pids) == 7 and all(alive(pid) for pid in pids.values())
+    assert len(pids) == 9 and all(alive(pid) for pid in pids.values())
     check = mailgate("check")
     print(check.stdout)
     assert check.returncode == 0, check.stdout
-    assert check.stdout.splitlines()[-1] == "19 passed, 0 failed"
+    assert check.stdout.splitlines()[-1] == "20 passed, 0 failed"
     down = mailgate("down")
     assert down.returncode == 0
     assert namespaces_left() == []
     assert not any(alive(pid) for pid in pids.values())
     assert not STATE.exists()
+    assert "the lab is not up" in mailgate("check").stderr
 
 
 def test_without_the_home_firewall_forged_proxy_headers_get_through(dev_settings):
