@@ -6,7 +6,8 @@
                                       WireGuard (wireguard-go), home dials out
                                         192.0.2.2 │ wg-home 100.64.0.2
                                                mglab-home (Postfix + Dovecot, rendered
-                                               extra.cf / extra.conf / home firewall)
+                                               extra.cf / extra.conf / home firewall,
+                                               tailnet policy: gateway -> twins only)
                                         192.0.2.5 │ (second tailnet peer)
                                         192.0.2.6 │ wg-spoof 100.64.0.3
                                                mglab-spoof (would-be spoofer)

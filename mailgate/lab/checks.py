@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 import uuid
@@ -13,7 +14,7 @@ from mailgate.lab import (
     CLIENT_IP, GATEWAY, GATEWAY_TAILNET, HOME_TAILNET, INET, NAMESPACES, MAIL_PASSWORD, MAIL_USER, PUBLIC_IP, SPOOF,
 )
 from mailgate.lab import topology
-from mailgate.lab.daemons import DOVECOT_LOG, POSTFIX_LOG, RELAY_LOG, SENDER_DIR, SENDER_LOG
+from mailgate.lab.daemons import DOVECOT_LOG, IMAP_TIMEOUT, POSTFIX_LOG, RELAY_LOG, SENDER_DIR, SENDER_LOG
 from mailgate.lab.system import LabError, alive, recorded_pids, run, wait_for
 from mailgate.settings import Settings
 
@@ -64,6 +65,14 @@ def _session_lines(service) -> list[str]:
     return lines
 
 
+def _evidence(lines: list[str]) -> str:
+    """The logged line that names the client (or the first line, to show what was seen)."""
+    if not lines:
+        return "nothing logged"
+    line = next((line for line in lines if CLIENT_IP in line or GATEWAY_TAILNET in line), lines[0])
+    return line.split(": ", 1)[-1][:100]
+
+
 def real_client_address(settings: Settings) -> list[Result]:
     results = []
     for service in settings.enabled_services:
@@ -72,7 +81,7 @@ def real_client_address(settings: Settings) -> list[Result]:
         tunnel = any(GATEWAY_TAILNET in line for line in lines)
         results.append(Result(f"real client address on {service.name} ({service.public_port})",
                               real and not tunnel,
-                              f"{lines[0].split(': ', 1)[-1][:90] if lines else 'nothing logged'}"))
+                              _evidence(lines)))
     return results
 
 
@@ -131,6 +140,58 @@ def forged_proxy_refused(settings: Settings) -> list[Result]:
     return results
 
 
+def plain_ports_closed_to_the_tunnel() -> Result:
+    """The tailnet policy lets the gateway reach the PROXY twins and nothing else at home:
+    a plain port would log the gateway's address (and Mailcow's ban logic would then ban
+    the gateway, see mailcow-facts), so forwarding to one must be impossible, not only
+    not configured."""
+    plain = "25,465,587,143,993,4190"
+    answer = probe(GATEWAY, "reach", HOME_TAILNET, plain)
+    return Result("plain ports unreachable from the gateway over the tunnel",
+                  bool(answer) and "error" not in answer and "open" not in answer.values(),
+                  f"{HOME_TAILNET} from {GATEWAY}: {answer}")
+
+
+class IdleImap:
+    """IMAP sessions left idle through the gateway while the other checks run.
+
+    Against the stack's own config (1860 s for IMAP) one session idles `idle` seconds
+    (default 610, beyond nginx's 600 s default) and must still answer. After
+    `lab up --imap-timeout T` (T <= 120) the same rendered timeout is short enough to
+    test both sides: a session idle 0.6 T answers, one idle T + 4 s has been cut. That
+    pair proves T, not nginx's default or anything shorter, governs IMAP sessions."""
+
+    def __init__(self, idle: float):
+        self.timeout = int(IMAP_TIMEOUT.read_text())
+        short = self.timeout <= 120
+        self.idle = self.timeout * 0.6 if short else idle
+        if self.idle >= self.timeout:
+            raise LabError(f"--imap-idle {idle:g} is not below the configured IMAP timeout {self.timeout} s")
+        self.cut_after = self.timeout + 4 if short else None
+        self.sessions = {"survives": self._start(self.idle)}
+        if self.cut_after:
+            self.sessions["cut"] = self._start(self.cut_after)
+
+    @staticmethod
+    def _start(seconds: float) -> subprocess.Popen:
+        argv = ["ip", "netns", "exec", INET, sys.executable, "-m", "mailgate.lab.probe", "idle",
+                PUBLIC_IP, MAIL_USER, MAIL_PASSWORD, f"{seconds:.1f}"]
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def results(self) -> list[Result]:
+        answers = {}
+        for name, process in self.sessions.items():
+            out, err = process.communicate(timeout=self.idle + (self.cut_after or 0) + 60)
+            answers[name] = json.loads(out) if process.returncode == 0 else {"error": err.strip()[-200:]}
+        results = [Result(f"IMAP session idle {self.idle:.0f} s through the gateway stays open",
+                          answers["survives"].get("open") is True,
+                          f"nginx proxy_timeout for IMAP {self.timeout} s; {answers['survives']}")]
+        if self.cut_after:
+            results.append(Result(f"IMAP session idle {self.cut_after} s is cut at the configured {self.timeout} s",
+                                  answers["cut"].get("open") is False, f"{answers['cut']}"))
+        return results
+
+
 def gateway_survives_home_outage() -> Result:
     nginx = recorded_pids().get("nginx")
     topology.set_home_tunnel(False)
@@ -183,15 +244,19 @@ def queued_during_outage_then_delivered_once(messages: int = 3) -> Result:
                   f"{deferred} deferrals, bounced={bounced}, delivered counts {counts}")
 
 
-def run_checks(settings: Settings) -> list[Result]:
+def run_checks(settings: Settings, imap_idle: float = 610) -> list[Result]:
     missing = set(NAMESPACES) - set(topology.existing_namespaces())
     if missing:
         raise LabError(f"the lab is not up ({', '.join(sorted(missing))} missing); run `lab up` first")
+    idle_sessions = IdleImap(imap_idle)  # first, so their wait overlaps the other checks
     results = real_client_address(settings)
     results.append(delivery())
     results += no_open_relay()
     results.append(submission_leaves_through_the_relay(settings))
     results += forged_proxy_refused(settings)
+    results.append(plain_ports_closed_to_the_tunnel())
+    # Collected before the outages: a NOOP stalled by a downed tunnel would prove nothing.
+    results += idle_sessions.results()
     results.append(gateway_survives_home_outage())
     results.append(queued_during_outage_then_delivered_once())
     return results

@@ -8,6 +8,10 @@ What the lab substitutes, and why (nothing else is changed):
   MySQL (and Debian's Postfix no mysql map type). The relay settings stay as rendered.
 - The home firewall is hooked into INPUT instead of Docker's DOCKER-USER: the lab's
   daemons run in the namespace itself, not behind Docker's NAT.
+- Only with `lab up --imap-timeout N`: the IMAP idle-timeout class is rendered as N s
+  (through the renderer's `idle_seconds`), so `check` can watch nginx enforce it.
+- The tailnet policy snippet is enforced by iptables on home (see tailnet.py), since the
+  lab's tunnel is bare WireGuard without Tailscale's packet filter.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from mailgate.catalogue import IdleTimeout
 from mailgate.deployment import Deployment
 from mailgate.lab import GATEWAY, GATEWAY_TAILNET, HOME, INET, RELAY, RELAY_IP, MAIL_PASSWORD, MAIL_UID, MAIL_USER, PUBLIC_IP, STATE
 from mailgate.lab.system import LabError, record_pid, run, spawn, wait_for
@@ -32,6 +37,7 @@ TLS, MAIL_DIR = HOME_DIR / "tls", HOME_DIR / "mail"
 POSTFIX_DIR, DOVECOT_DIR = HOME_DIR / "postfix", HOME_DIR / "dovecot"
 POSTFIX_LOG, DOVECOT_LOG = HOME_DIR / "postfix.log", DOVECOT_DIR / "dovecot.log"
 NGINX_CONF = GATEWAY_DIR / "nginx.conf"
+IMAP_TIMEOUT = GATEWAY_DIR / "imap-timeout"  # the IMAP proxy_timeout nginx was started with
 RELAY_DIR = STATE / "relay"
 RELAY_LOG = RELAY_DIR / "postfix.log"
 HOSTS = STATE / "hosts"
@@ -106,13 +112,15 @@ def _start_dovecot() -> None:
     wait_for(lambda: (DOVECOT_DIR / "run" / "master.pid").exists(), "Dovecot", timeout=15)
 
 
-def start_gateway(settings: Settings, nginx_edit=None) -> None:
+def start_gateway(settings: Settings, nginx_edit=None, imap_timeout: int | None = None) -> None:
     GATEWAY_DIR.mkdir(parents=True)
     runtime = NginxRuntime(user="root", pid=str(GATEWAY_DIR / "nginx.pid"),
                            error_log=str(GATEWAY_DIR / "error.log"),
                            access_log=str(GATEWAY_DIR / "access.log"),
                            worker_connections=4096, listen_address=PUBLIC_IP)
-    text = render_nginx_conf(settings, runtime)
+    override = {IdleTimeout.IMAP: imap_timeout} if imap_timeout else None
+    text = render_nginx_conf(settings, runtime, idle_seconds=override)
+    IMAP_TIMEOUT.write_text(str(imap_timeout or IdleTimeout.IMAP.seconds))
     NGINX_CONF.write_text(nginx_edit(text) if nginx_edit else text)
     run(["nginx", "-c", str(NGINX_CONF)], GATEWAY)
     pid_file = GATEWAY_DIR / "nginx.pid"

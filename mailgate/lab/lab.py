@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 from mailgate.lab import HOME_TAILNET, NAMESPACES, STATE
-from mailgate.lab import daemons, topology
+from mailgate.lab import daemons, tailnet, topology
 from mailgate.lab.system import LabError, alive, recorded_pids, stop
 from mailgate.settings import Settings
 
@@ -16,9 +16,12 @@ def lab_settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"home": home})
 
 
-def up(settings: Settings, home_firewall: bool = True, nginx_edit=None) -> None:
-    """`home_firewall=False` and `nginx_edit` (text -> text) break the lab on purpose:
-    the tests use them to show that each check fails when its promise is broken."""
+def up(settings: Settings, home_firewall: bool = True, nginx_edit=None, tailnet_policy: bool = True,
+       imap_timeout: int | None = None) -> None:
+    """`home_firewall=False`, `tailnet_policy=False` and `nginx_edit` (text -> text) break
+    the lab on purpose: the tests use them to show that each check fails when its promise
+    is broken. `imap_timeout` renders nginx with a shorter IMAP idle timeout, so a check
+    can watch it cut a session within seconds instead of 31 minutes."""
     daemons.require_programs()
     down()
     settings = lab_settings(settings)
@@ -29,7 +32,9 @@ def up(settings: Settings, home_firewall: bool = True, nginx_edit=None) -> None:
         topology.create_tunnel()
         daemons.start_relay(settings)
         daemons.start_home(settings, home_firewall=home_firewall)
-        daemons.start_gateway(settings, nginx_edit)
+        if tailnet_policy:
+            tailnet.apply(settings)  # first in INPUT, as Tailscale filters before the host does
+        daemons.start_gateway(settings, nginx_edit, imap_timeout)
         daemons.start_sender()
     except Exception as error:  # whatever broke, leave nothing behind
         down()

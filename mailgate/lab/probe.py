@@ -111,6 +111,42 @@ def fetch(host: str, user: str, password: str, subject: str) -> dict:
         return {"count": None, "error": str(error)}
 
 
+def idle(host: str, user: str, password: str, seconds: str) -> dict:
+    """Log in over IMAPS, sit idle (no command, not even IDLE, whose server keepalives
+    would reset nginx's timer) for `seconds`, then see whether the session still answers."""
+    try:
+        client = imaplib.IMAP4_SSL(host, 993, ssl_context=_tls(), timeout=TIMEOUT)
+        client.login(user, password)
+        client.select("INBOX")
+    except (imaplib.IMAP4.error, OSError) as error:
+        return {"open": None, "error": f"login: {error}"}
+    time.sleep(min(float(seconds), 3600))
+    try:
+        status, _ = client.noop()
+        client.logout()
+        return {"open": status == "OK"}
+    except (imaplib.IMAP4.abort, imaplib.IMAP4.error, OSError) as error:
+        return {"open": False, "error": f"{type(error).__name__}: {error}"}
+
+
+def reach(host: str, ports: str) -> dict:
+    """Try a TCP connection to each port (1 s each, at once): open, refused or timeout."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(port: str) -> str:
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+            return "open"
+        except ConnectionRefusedError:
+            return "refused"
+        except OSError as error:
+            return type(error).__name__
+
+    port_list = ports.split(",")
+    with ThreadPoolExecutor(len(port_list)) as pool:
+        return dict(zip(port_list, pool.map(one, port_list)))
+
+
 def latency(host: str, port: str, count: str) -> dict:
     """Seconds from connect to the first banner byte, `count` times (bounded)."""
     samples = []
@@ -148,7 +184,7 @@ def hold(host: str, port: str, count: str, seconds: str) -> dict:
     return {"opened": len(sockets), "still_open": alive}
 
 
-ACTIONS = {"submit": submit, "latency": latency, "hold": hold, "send": send, "banner": banner, "connect": connect, "fetch": fetch}
+ACTIONS = {"idle": idle, "reach": reach, "submit": submit, "latency": latency, "hold": hold, "send": send, "banner": banner, "connect": connect, "fetch": fetch}
 
 if __name__ == "__main__":
     print(json.dumps(ACTIONS[sys.argv[1]](*sys.argv[2:])))

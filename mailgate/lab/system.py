@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import signal
 import subprocess
@@ -11,8 +13,41 @@ from pathlib import Path
 from mailgate.lab import STATE
 
 
+# Outside STATE, which `down` removes. The namespaces and STATE have fixed names, so two
+# runs at once (two engineers' test runs on one machine) would tear down each other's lab.
+LOCK = Path("/run/mailgate-lab.lock")
+_LOCK_HELD = "MAILGATE_LAB_LOCK_HELD"
+
+
 class LabError(Exception):
     pass
+
+
+@contextlib.contextmanager
+def exclusive(timeout: float = 900):
+    """Hold the lab for one command or one test module; a second run waits its turn.
+
+    Child processes (the tests call the CLI) inherit the hold through the environment,
+    because a second flock from the same holder would wait for itself."""
+    if os.environ.get(_LOCK_HELD) == str(os.getpid()) or os.environ.get(_LOCK_HELD) == str(os.getppid()):
+        yield
+        return
+    with LOCK.open("a") as handle:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise LabError(f"another lab run has held {LOCK} for {timeout:g} s") from None
+                time.sleep(0.5)
+        os.environ[_LOCK_HELD] = str(os.getpid())
+        try:
+            yield
+        finally:
+            os.environ.pop(_LOCK_HELD, None)
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def run(argv: list[str], namespace: str | None = None, check: bool = True,

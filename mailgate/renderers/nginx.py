@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from mailgate.catalogue import IdleTimeout
 from mailgate.renderers import render_template
 from mailgate.settings import Settings
 
@@ -24,7 +26,10 @@ class NginxRuntime:
     """Bind to one address instead of all (the lab's gateway namespace)."""
 
 
-def render_nginx_conf(settings: Settings, runtime: NginxRuntime = NginxRuntime()) -> str:
+def render_nginx_conf(settings: Settings, runtime: NginxRuntime = NginxRuntime(),
+                      idle_seconds: Mapping[IdleTimeout, int] | None = None) -> str:
+    """`idle_seconds` overrides a timeout class for the lab only, so a test can watch nginx
+    cut an idle session in seconds; deployments always use the catalogue's values."""
     return render_template(
         "nginx.conf.j2",
         runtime=runtime,
@@ -33,4 +38,5 @@ def render_nginx_conf(settings: Settings, runtime: NginxRuntime = NginxRuntime()
         ipv6=settings.gateway.ipv6 and runtime.listen_address is None,
         listen_ipv4=f"{runtime.listen_address}:" if runtime.listen_address else "",
         connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        idle_seconds={timeout: timeout.seconds for timeout in IdleTimeout} | dict(idle_seconds or {}),
     )

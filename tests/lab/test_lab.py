@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from mailgate.lab import NAMESPACES, STATE, lab
-from mailgate.lab.checks import forged_proxy_refused, real_client_address
-from mailgate.lab.system import alive, recorded_pids
+from mailgate.lab.checks import forged_proxy_refused, plain_ports_closed_to_the_tunnel, real_client_address
+from mailgate.lab.system import alive, exclusive, recorded_pids
 from tests.conftest import ROOT, need, need_program, need_root
 
 pytestmark = pytest.mark.lab
@@ -22,8 +22,9 @@ def lab_machine():
     for program in ("nginx", "postfix", "dovecot", "wireguard-go", "wg", "openssl", "iptables"):
         need_program(program)
     need(__import__("os").path.exists("/dev/net/tun"), "wireguard-go needs /dev/net/tun")
-    yield
-    lab.down()
+    with exclusive():  # another run of these tests on this machine waits instead of clobbering
+        yield
+        lab.down()
 
 
 def namespaces_left() -> list[str]:
@@ -40,15 +41,17 @@ def test_up_check_down_through_the_command_line():
         return subprocess.run([sys.executable, "-m", "mailgate", "lab", *args], cwd=ROOT,
                               capture_output=True, text=True, timeout=300)
 
-    up = mailgate("up")
+    # The short IMAP timeout lets check show both sides of it within seconds.
+    up = mailgate("up", "--imap-timeout", "10")
     assert up.returncode == 0, up.stderr
-    assert mailgate("up").returncode == 0  # idempotent: a second up rebuilds cleanly
+    assert mailgate("up", "--imap-timeout", "10").returncode == 0  # idempotent: a second up rebuilds cleanly
     pids = recorded_pids()
     assert len(pids) == 9 and all(alive(pid) for pid in pids.values())
     check = mailgate("check")
     print(check.stdout)
     assert check.returncode == 0, check.stdout
-    assert check.stdout.splitlines()[-1] == "20 passed, 0 failed"
+    assert check.stdout.splitlines()[-1] == "23 passed, 0 failed"
+    assert "PASS  IMAP session idle 14 s is cut at the configured 10 s" in check.stdout
     down = mailgate("down")
     assert down.returncode == 0
     assert namespaces_left() == []
@@ -98,3 +101,30 @@ def test_bench_measures_every_path_and_holds_the_idle_sessions(dev_settings):
     table = "\n".join(lines)
     assert "| via gateway (nginx + PROXY + WireGuard) |" in table and "| tunnel only |" in table
     assert "200 opened, 200 still open after 5 s idle" in table
+
+
+def test_without_the_tailnet_policy_the_gateway_reaches_the_plain_ports(dev_settings):
+    lab.up(dev_settings, tailnet_policy=False)
+    try:
+        result = plain_ports_closed_to_the_tunnel()
+    finally:
+        lab.down()
+    assert not result.passed and "'25': 'open'" in result.detail, result.detail
+
+
+def test_when_nginx_ignores_the_configured_imap_timeout_the_idle_check_fails(dev_settings):
+    # Rendered with a 10 s IMAP timeout, then the IMAP servers' proxy_timeout lines are
+    # dropped, so nginx's 600 s default governs: the session that should be cut survives.
+    from mailgate.lab.checks import IdleImap
+
+    def default_timeout_for_imap(text: str) -> str:
+        assert text.count("proxy_timeout 10s;") == 3  # imap, imaps, managesieve
+        return text.replace("        proxy_timeout 10s;\n", "")
+
+    lab.up(dev_settings, imap_timeout=10, nginx_edit=default_timeout_for_imap)
+    try:
+        survives, cut = IdleImap(610).results()
+    finally:
+        lab.down()
+    assert survives.passed, survives.detail
+    assert not cut.passed and "'open': True" in cut.detail, cut.detail
