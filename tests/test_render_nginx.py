@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from mailgate import catalogue
+from mailgate.catalogue import IdleTimeout
 from mailgate.renderers.nginx import CONNECT_TIMEOUT_SECONDS, NginxRuntime, render_nginx_conf
 from tests.settings_variants import everything, variant
 from tests.validators import Netns, nginx_check
@@ -79,6 +80,15 @@ def test_timeouts_exceed_protocol_limits_and_connect_is_short(dev_settings):
     assert found[4190]["proxy_timeout"] == ["1860s"]
     assert found[25]["proxy_timeout"] == ["600s"]
     assert "proxy_socket_keepalive on;" in conf
+
+
+def test_a_timeout_override_changes_only_its_class(dev_settings):
+    # The lab's --imap-timeout: every IMAP-class server gets the override, nothing else moves.
+    normal = servers(render_nginx_conf(dev_settings))
+    short = servers(render_nginx_conf(dev_settings, idle_seconds={IdleTimeout.IMAP: 10}))
+    changed = {port for port in normal if normal[port] != short[port]}
+    assert changed == {s.public_port for s in dev_settings.enabled_services if s.timeout is IdleTimeout.IMAP}
+    assert all(short[port]["proxy_timeout"] == ["10s"] for port in changed)
 
 
 # Runs inside the namespace: plays the home twin listeners and the internet client.

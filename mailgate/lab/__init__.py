@@ -36,3 +36,12 @@ WG_PORT = 51820
 
 MAIL_USER, MAIL_PASSWORD = "user@example.com", "lab-password"
 MAIL_UID = 5000
+
+# The IMAP idle check. nginx's own proxy_timeout when none is set is 600 s: a session
+# must outlast it. `lab up --imap-timeout T` takes T from SHORT_IMAP_TIMEOUT; `check` then
+# has one session idle T - SHORT_IDLE_MARGIN (must answer) and one T + SHORT_CUT_MARGIN
+# (must be cut): slack for login and scheduling on a shared machine.
+NGINX_DEFAULT_PROXY_TIMEOUT = 600
+DEFAULT_IMAP_IDLE = NGINX_DEFAULT_PROXY_TIMEOUT + 10
+SHORT_IDLE_MARGIN, SHORT_CUT_MARGIN = 2, 4
+SHORT_IMAP_TIMEOUT = range(5, 121)

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailgate.lab import (
-    CLIENT_IP, GATEWAY, GATEWAY_TAILNET, HOME_TAILNET, INET, NAMESPACES, MAIL_PASSWORD, MAIL_USER, PUBLIC_IP, SPOOF,
+    CLIENT_IP, DEFAULT_IMAP_IDLE, GATEWAY, GATEWAY_TAILNET, HOME_TAILNET, INET, NAMESPACES, MAIL_PASSWORD, MAIL_USER,
+    PUBLIC_IP, SHORT_CUT_MARGIN, SHORT_IDLE_MARGIN, SHORT_IMAP_TIMEOUT, SPOOF,
 )
 from mailgate.lab import topology
 from mailgate.lab.daemons import DOVECOT_LOG, IMAP_TIMEOUT, POSTFIX_LOG, RELAY_LOG, SENDER_DIR, SENDER_LOG
@@ -140,37 +141,60 @@ def forged_proxy_refused(settings: Settings) -> list[Result]:
     return results
 
 
-def plain_ports_closed_to_the_tunnel() -> Result:
+def plain_ports_closed_to_the_tunnel(settings: Settings) -> Result:
     """The tailnet policy lets the gateway reach the PROXY twins and nothing else at home:
     a plain port would log the gateway's address (and Mailcow's ban logic would then ban
     the gateway, see mailcow-facts), so forwarding to one must be impossible, not only
-    not configured."""
-    plain = "25,465,587,143,993,4190"
-    answer = probe(GATEWAY, "reach", HOME_TAILNET, plain)
-    return Result("plain ports unreachable from the gateway over the tunnel",
-                  bool(answer) and "error" not in answer and "open" not in answer.values(),
-                  f"{HOME_TAILNET} from {GATEWAY}: {answer}")
+    not configured. The twins must answer in the same probe, so a dead tunnel or stopped
+    daemons cannot pass for a closed port."""
+    services = [s for s in settings.enabled_services if s.proxy_protocol]
+    twins = [str(s.home_port) for s in services]
+    plain = [str(s.public_port) for s in services]
+    answer = probe(GATEWAY, "reach", HOME_TAILNET, ",".join(twins + plain))
+    twins_open = all(answer.get(port) == "open" for port in twins)
+    # Tailscale drops what the policy denies, so the connection times out (no reset).
+    plain_dropped = all(answer.get(port) == "TimeoutError" for port in plain)
+    return Result("plain ports unreachable from the gateway over the tunnel, twins reachable",
+                  twins_open and plain_dropped, f"{HOME_TAILNET} from {GATEWAY}: {answer}")
 
 
 class IdleImap:
-    """IMAP sessions left idle through the gateway while the other checks run.
+    """IMAP sessions left idle through the gateway while other checks run.
 
     Against the stack's own config (1860 s for IMAP) one session idles `idle` seconds
     (default 610, beyond nginx's 600 s default) and must still answer. After
-    `lab up --imap-timeout T` (T <= 120) the same rendered timeout is short enough to
-    test both sides: a session idle 0.6 T answers, one idle T + 4 s has been cut. That
-    pair proves T, not nginx's default or anything shorter, governs IMAP sessions."""
+    `lab up --imap-timeout T` (T <= 120) both sides can be watched: a session idle T - 2 s
+    answers and one idle T + 4 s has been cut, so the timeout in force lies in
+    (T - 2, T + 4]: the rendered value, not nginx's default and nothing much shorter."""
 
-    def __init__(self, idle: float):
+    def __init__(self, idle: float | None = None):
         self.timeout = int(IMAP_TIMEOUT.read_text())
-        short = self.timeout <= 120
-        self.idle = self.timeout * 0.6 if short else idle
-        if self.idle >= self.timeout:
-            raise LabError(f"--imap-idle {idle:g} is not below the configured IMAP timeout {self.timeout} s")
-        self.cut_after = self.timeout + 4 if short else None
-        self.sessions = {"survives": self._start(self.idle)}
+        short = self.timeout in SHORT_IMAP_TIMEOUT
+        if short and idle is not None:
+            raise LabError(f"--imap-idle does not apply: the lab was started with --imap-timeout "
+                           f"{self.timeout}, so check picks {self.timeout - SHORT_IDLE_MARGIN} s "
+                           f"and {self.timeout + SHORT_CUT_MARGIN} s itself")
+        if short:
+            self.idle: float = self.timeout - SHORT_IDLE_MARGIN
+        else:
+            self.idle = DEFAULT_IMAP_IDLE if idle is None else idle
+        if not 0 < self.idle < self.timeout:
+            raise LabError(f"--imap-idle {self.idle:g} must be above 0 and below the configured "
+                           f"IMAP timeout {self.timeout} s")
+        self.cut_after = self.timeout + SHORT_CUT_MARGIN if short else None
+        self.sessions: dict[str, subprocess.Popen] = {}
+
+    def start(self) -> None:
+        self.sessions["survives"] = self._start(self.idle)
         if self.cut_after:
             self.sessions["cut"] = self._start(self.cut_after)
+
+    def stop(self) -> None:
+        """End sessions still running (a check raised before their results were read)."""
+        for process in self.sessions.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
     @staticmethod
     def _start(seconds: float) -> subprocess.Popen:
@@ -178,11 +202,17 @@ class IdleImap:
                 PUBLIC_IP, MAIL_USER, MAIL_PASSWORD, f"{seconds:.1f}"]
         return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
+    def _answer(self, process: subprocess.Popen) -> dict:
+        try:
+            out, err = process.communicate(timeout=max(self.idle, self.cut_after or 0) + 60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            return {"error": "the probe did not finish"}
+        return json.loads(out) if process.returncode == 0 else {"error": err.strip()[-200:]}
+
     def results(self) -> list[Result]:
-        answers = {}
-        for name, process in self.sessions.items():
-            out, err = process.communicate(timeout=self.idle + (self.cut_after or 0) + 60)
-            answers[name] = json.loads(out) if process.returncode == 0 else {"error": err.strip()[-200:]}
+        answers = {name: self._answer(process) for name, process in self.sessions.items()}
         results = [Result(f"IMAP session idle {self.idle:.0f} s through the gateway stays open",
                           answers["survives"].get("open") is True,
                           f"nginx proxy_timeout for IMAP {self.timeout} s; {answers['survives']}")]
@@ -244,21 +274,25 @@ def queued_during_outage_then_delivered_once(messages: int = 3) -> Result:
                   f"{deferred} deferrals, bounced={bounced}, delivered counts {counts}")
 
 
-def run_checks(settings: Settings, imap_idle: float = 610) -> list[Result]:
+def run_checks(settings: Settings, imap_idle: float | None = None) -> list[Result]:
     missing = set(NAMESPACES) - set(topology.existing_namespaces())
     if missing:
         raise LabError(f"the lab is not up ({', '.join(sorted(missing))} missing); run `lab up` first")
-    idle_sessions = IdleImap(imap_idle)  # first, so their wait overlaps the other checks
-    results = real_client_address(settings)
-    results.append(delivery())
-    results += no_open_relay()
-    results.append(submission_leaves_through_the_relay(settings))
-    results += forged_proxy_refused(settings)
-    results.append(plain_ports_closed_to_the_tunnel())
-    # Collected before the outages: a NOOP stalled by a downed tunnel would prove nothing.
-    results += idle_sessions.results()
-    results.append(gateway_survives_home_outage())
-    results.append(queued_during_outage_then_delivered_once())
+    idle_sessions = IdleImap(imap_idle)
+    try:
+        results = real_client_address(settings)
+        # After the address check, whose Dovecot log reading must see only its own
+        # sessions; before the rest, so the idle wait overlaps them.
+        idle_sessions.start()
+        results.append(delivery())
+        results += no_open_relay()
+        results.append(submission_leaves_through_the_relay(settings))
+        results += forged_proxy_refused(settings)
+        results.append(plain_ports_closed_to_the_tunnel(settings))
+        # Collected before the outages: a NOOP stalled by a downed tunnel would prove nothing.
+        results += idle_sessions.results()
+        results.append(gateway_survives_home_outage())
+        results.append(queued_during_outage_then_delivered_once())
+    finally:
+        idle_sessions.stop()
     return results
-
-

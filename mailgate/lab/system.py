@@ -23,16 +23,34 @@ class LabError(Exception):
     pass
 
 
+def _ancestors() -> set[int]:
+    """This process and every process above it (read from /proc)."""
+    pids, pid = set(), os.getpid()
+    while pid > 1 and pid not in pids:
+        pids.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            break
+    return pids
+
+
 @contextlib.contextmanager
 def exclusive(timeout: float = 900):
     """Hold the lab for one command or one test module; a second run waits its turn.
 
-    Child processes (the tests call the CLI) inherit the hold through the environment,
-    because a second flock from the same holder would wait for itself."""
-    if os.environ.get(_LOCK_HELD) == str(os.getpid()) or os.environ.get(_LOCK_HELD) == str(os.getppid()):
+    A process started below the holder (the tests call the CLI, perhaps through a shell
+    or `ip netns exec`; sudo drops the environment, so not through sudo) is let through: the holder's pid travels in the environment, and it must be an
+    ancestor, since a second flock from below would wait for its own parent."""
+    holder = os.environ.get(_LOCK_HELD, "")
+    if holder.isdigit() and int(holder) in _ancestors():
         yield
         return
-    with LOCK.open("a") as handle:
+    try:
+        handle = LOCK.open("a")
+    except OSError as error:
+        raise LabError(f"cannot open the lab lock {LOCK}: {error.strerror} (the lab needs root)") from None
+    with handle:
         deadline = time.monotonic() + timeout
         while True:
             try:

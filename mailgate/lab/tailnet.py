@@ -13,12 +13,13 @@ the home firewall keeps a forged PROXY header out.
 from __future__ import annotations
 
 from mailgate.lab import GATEWAY_TAILNET, HOME
-from mailgate.lab.system import run
+from mailgate.lab.system import LabError, run
+from mailgate.lab.topology import TUNNELS
 from mailgate.renderers.tailscale_policy import HOME_HOST_ALIAS, policy
 from mailgate.settings import Settings
 
 CHAIN = "MGLAB-TAILNET"
-INTERFACE = "wg-home"
+INTERFACE = TUNNELS[HOME][0]
 
 
 def granted_ports(settings: Settings) -> list[str]:
@@ -33,6 +34,8 @@ def granted_ports(settings: Settings) -> list[str]:
             host, _, port_list = destination.rpartition(":")
             if host in home_names:
                 ports += port_list.split(",")
+    if not all(port.isdigit() for port in ports):  # "*" or a range: iptables needs numbers
+        raise LabError(f"the lab enforces single ports only; the policy grants {ports}")
     return ports
 
 

@@ -51,7 +51,11 @@ def test_up_check_down_through_the_command_line():
     print(check.stdout)
     assert check.returncode == 0, check.stdout
     assert check.stdout.splitlines()[-1] == "23 passed, 0 failed"
+    assert "PASS  IMAP session idle 8 s through the gateway stays open" in check.stdout
     assert "PASS  IMAP session idle 14 s is cut at the configured 10 s" in check.stdout
+    # The short variant picks its own idle times; a contradicting --imap-idle is refused.
+    refused = mailgate("check", "--imap-idle", "30")
+    assert refused.returncode == 1 and "--imap-idle does not apply" in refused.stderr
     down = mailgate("down")
     assert down.returncode == 0
     assert namespaces_left() == []
@@ -106,10 +110,11 @@ def test_bench_measures_every_path_and_holds_the_idle_sessions(dev_settings):
 def test_without_the_tailnet_policy_the_gateway_reaches_the_plain_ports(dev_settings):
     lab.up(dev_settings, tailnet_policy=False)
     try:
-        result = plain_ports_closed_to_the_tunnel()
+        result = plain_ports_closed_to_the_tunnel(lab.lab_settings(dev_settings))
     finally:
         lab.down()
     assert not result.passed and "'25': 'open'" in result.detail, result.detail
+    assert "'10025': 'open'" in result.detail  # the twins still answer: only the policy is gone
 
 
 def test_when_nginx_ignores_the_configured_imap_timeout_the_idle_check_fails(dev_settings):
@@ -122,9 +127,12 @@ def test_when_nginx_ignores_the_configured_imap_timeout_the_idle_check_fails(dev
         return text.replace("        proxy_timeout 10s;\n", "")
 
     lab.up(dev_settings, imap_timeout=10, nginx_edit=default_timeout_for_imap)
+    sessions = IdleImap()
     try:
-        survives, cut = IdleImap(610).results()
+        sessions.start()
+        survives, cut = sessions.results()
     finally:
+        sessions.stop()
         lab.down()
     assert survives.passed, survives.detail
     assert not cut.passed and "'open': True" in cut.detail, cut.detail
