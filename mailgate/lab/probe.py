@@ -12,6 +12,7 @@ import socket
 import ssl
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 TIMEOUT = 10
 
@@ -131,8 +132,6 @@ def idle(host: str, user: str, password: str, seconds: str) -> dict:
 
 def reach(host: str, ports: str) -> dict:
     """Try a TCP connection to each port (1 s each, at once): open, refused or timeout."""
-    from concurrent.futures import ThreadPoolExecutor
-
     def one(port: str) -> str:
         try:
             socket.create_connection((host, int(port)), timeout=1).close()

@@ -39,9 +39,10 @@ def _ancestors() -> set[int]:
 def exclusive(timeout: float = 900):
     """Hold the lab for one command or one test module; a second run waits its turn.
 
-    A process started below the holder (the tests call the CLI, perhaps through a shell
-    or `ip netns exec`; sudo drops the environment, so not through sudo) is let through: the holder's pid travels in the environment, and it must be an
-    ancestor, since a second flock from below would wait for its own parent."""
+    A process started below the holder (the tests call the CLI) is let through, since a
+    second flock from below would wait for its own parent: the holder's pid travels in the
+    environment and must be an ancestor. sudo drops the environment, so a run started
+    through sudo waits like any other."""
     holder = os.environ.get(_LOCK_HELD, "")
     if holder.isdigit() and int(holder) in _ancestors():
         yield
