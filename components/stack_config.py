@@ -58,7 +58,8 @@ def load_stack_settings() -> tuple[Settings, StackSecrets]:
     """Validate the whole stack config or stop the program with one readable message."""
     values, secrets, problems = raw_namespace_config()
     try:
-        settings = load_settings(values, secrets_present=secrets, extra_problems=problems)
+        settings = load_settings(values, stack=pulumi.get_stack(), secrets_present=secrets,
+                                 extra_problems=problems)
     except ConfigError as error:
         # RunError ends the program with its message only, no traceback.
         raise pulumi.RunError(error.report()) from None

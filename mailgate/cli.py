@@ -18,10 +18,19 @@ from mailgate.settings import TAILNET_RANGES, Settings, load_settings
 from mailgate.stackfile import read_stack_file
 
 
+def stack_name(path: Path) -> str:
+    """`Pulumi.prod.yaml` -> `prod`, as the Pulumi CLI names a stack's config file."""
+    name = path.name
+    for suffix in (".yaml", ".yml"):
+        if name.startswith("Pulumi.") and name.endswith(suffix) and len(name) > len("Pulumi." + suffix):
+            return name[len("Pulumi."):-len(suffix)]
+    return path.stem
+
+
 def load_stack(path: Path) -> Settings:
     # Secrets are placeholders in a render, so a stack without them yet still renders.
     stack = read_stack_file(path)
-    return load_settings(stack.values, extra_problems=stack.problems)
+    return load_settings(stack.values, stack=stack_name(path), extra_problems=stack.problems)
 
 
 def _address(version: int, tailnet: bool = False):

@@ -14,7 +14,7 @@ from mailgate.deployment import Deployment
 from mailgate.renderers.cloud_init import render_cloud_init
 from mailgate.renderers.compose import render_compose_override
 from mailgate.renderers.dns import dns_records, render_dns_records
-from mailgate.renderers.firewall import HOME_TWIN_CHAIN, render_gateway_firewall, render_home_firewall
+from mailgate.renderers.firewall import render_gateway_firewall, render_home_firewall
 from mailgate.renderers.mailcow import (
     RELAY_PASSWORD_MAP,
     render_docker_after_tailscale,
@@ -35,8 +35,6 @@ MAILCOW_CONF = "mailcow.conf"
 DOVECOT_EXTRA = "data/conf/dovecot/extra.conf"
 POSTFIX_EXTRA = "data/conf/postfix/extra.cf"
 POSTFIX_RELAY_MAP = f"data/conf/postfix/{RELAY_PASSWORD_MAP}"
-HOME_FIREWALL = "/etc/mailgate/home-firewall.rules"
-DOCKER_DROP_IN = "/etc/systemd/system/docker.service.d/mailgate-after-tailscaled.conf"
 NGINX_CONF = "/etc/nginx/nginx.conf"
 GATEWAY_FIREWALL_V4 = "/etc/iptables/mailgate.rules.v4"
 GATEWAY_FIREWALL_V6 = "/etc/iptables/mailgate.rules.v6"
@@ -88,19 +86,21 @@ def home_files(
 ) -> list[RenderedFile]:
     """`existing` maps a Mailcow-relative path to the user's current text, to merge into."""
     existing = existing or {}
+    names = settings.names
     return [
         RenderedFile(HOME, home_path(settings, COMPOSE_OVERRIDE),
                      render_compose_override(settings, existing.get(COMPOSE_OVERRIDE))),
         RenderedFile(HOME, home_path(settings, MAILCOW_CONF),
                      render_mailcow_conf(settings, existing.get(MAILCOW_CONF)), 0o600),
         RenderedFile(HOME, home_path(settings, DOVECOT_EXTRA),
-                     render_dovecot_extra(deployment, existing.get(DOVECOT_EXTRA))),
+                     render_dovecot_extra(settings, deployment, existing.get(DOVECOT_EXTRA))),
         RenderedFile(HOME, home_path(settings, POSTFIX_EXTRA),
                      render_postfix_extra(settings, existing.get(POSTFIX_EXTRA))),
         RenderedFile(HOME, home_path(settings, POSTFIX_RELAY_MAP),
                      render_relay_password_map(settings, secrets.relay_password), 0o640, secret=True),
-        RenderedFile(HOME, HOME_FIREWALL, render_home_firewall(settings, deployment), 0o640),
-        RenderedFile(HOME, DOCKER_DROP_IN, render_docker_after_tailscale(HOME_FIREWALL, HOME_TWIN_CHAIN)),
+        RenderedFile(HOME, names.home_firewall_path, render_home_firewall(settings, deployment), 0o640),
+        RenderedFile(HOME, names.docker_drop_in,
+                     render_docker_after_tailscale(names.home_firewall_path, names.home_twin_chain)),
     ]
 
 

@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -28,6 +29,7 @@ from pydantic.alias_generators import to_camel
 
 from mailgate import catalogue
 from mailgate.config_report import ConfigError, problems_from_validation_error
+from mailgate.names import GATEWAY_NAME_MAX, STACK_NAME, StackNames
 
 NAMESPACE = "mailgate"
 
@@ -226,8 +228,10 @@ class GatewaySettings(Strict):
     )
     ssh_user: str = Field("ubuntu", description="Admin user of the gateway image.")
     admin_cidrs: list[AdminCidr] = Field(
-        min_length=1,
-        description="Networks allowed to reach the gateway's SSH port. Never 0.0.0.0/0 or ::/0.",
+        default_factory=list,
+        description="Break-glass only: networks allowed to reach the gateway's SSH port on "
+        "its public IP. Empty (the default) closes public SSH; `pulumi up` always reaches "
+        "the gateway over the tailnet. Never 0.0.0.0/0 or ::/0.",
     )
     vcn_cidr: str = Field("10.0.0.0/16", description="IPv4 range of the gateway's VCN (/16 to /30).")
     subnet_cidr: str = Field(
@@ -490,8 +494,11 @@ class TailscaleSettings(Strict):
         description="ACL tag of the Mini PC, if it is tagged; the policy snippet then names it "
         "instead of its address.",
     )
-    gateway_hostname: str = Field(
-        "mailgate-gateway", description="Machine name of the gateway in the tailnet."
+    gateway_hostname: str | None = Field(
+        None,
+        description="Prefix of the gateway's tailnet machine name; each gateway VM adds a "
+        "suffix of its own, so a rebuilt VM or another stack never answers to its name. "
+        "Empty means mailgate-<stack>-gw.",
     )
     manage_acl: bool = Field(
         False,
@@ -521,9 +528,12 @@ class TailscaleSettings(Strict):
 
     @field_validator("gateway_hostname")
     @classmethod
-    def _hostname(cls, value: str) -> str:
-        if not DNS_LABEL.match(value):
-            raise ValueError(f"{value!r} is not a machine name; expected lowercase letters, digits and '-'")
+    def _hostname(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if not DNS_LABEL.match(value) or len(value) > GATEWAY_NAME_MAX:
+            raise ValueError(f"{value!r} is not a machine name prefix; expected lowercase "
+                             f"letters, digits and '-', at most {GATEWAY_NAME_MAX} characters")
         return value
 
 
@@ -537,6 +547,9 @@ class WebSettings(Strict):
 
 class Settings(Strict):
     """Everything under the ``mailgate:`` namespace of a stack's config."""
+
+    # The stack the config belongs to; not a config key (load_settings sets it).
+    _stack: str = PrivateAttr("")
 
     domain: str = Field(description="Mail domain, e.g. example.com.")
     mail_hostname: str = Field(
@@ -581,6 +594,14 @@ class Settings(Strict):
     def enabled_services(self) -> tuple[catalogue.Service, ...]:
         return catalogue.enabled(tuple(self.services), self.web.enabled)
 
+    @property
+    def names(self) -> StackNames:
+        return StackNames(self._stack)
+
+    @property
+    def gateway_machine_prefix(self) -> str:
+        return self.tailscale.gateway_hostname or self.names.gateway_machine_prefix
+
 
 # Secret keys are read with require_secret/get_secret, never into the models above.
 SECRET_KEYS: dict[str, str] = {
@@ -595,15 +616,20 @@ REQUIRED_SECRET_KEYS = ("relayPassword",)
 def load_settings(
     raw: dict[str, Any],
     *,
+    stack: str,
     secrets_present: set[str] | None = None,
     extra_problems: list[str] | None = None,
 ) -> Settings:
     """Validate the ``mailgate:`` config (keys without the namespace) or raise ConfigError.
 
+    `stack` is the stack's name: every name two stacks could share carries it.
     `secrets_present`, when given, is checked for the required secret keys so a missing
     secret is reported together with every other problem.
     """
     problems: list[str] = list(extra_problems or [])
+    if not STACK_NAME.match(stack):
+        problems.append(f"stack {stack!r}: not a Pulumi stack name; expected letters, "
+                        "digits, '_', '.' and '-'")
     plain = {key: value for key, value in raw.items() if key not in SECRET_KEYS}
     try:
         settings = Settings.model_validate(plain)
@@ -619,4 +645,5 @@ def load_settings(
                 )
     if problems or settings is None:
         raise ConfigError(problems)
+    settings._stack = stack
     return settings

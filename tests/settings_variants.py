@@ -17,7 +17,7 @@ def variant(dev_raw: dict, **changes) -> Settings:
             raw[section][field] = value
         else:
             raw[section] = value
-    return load_settings(raw)
+    return load_settings(raw, stack="dev")
 
 
 def everything(dev_raw: dict) -> Settings:

@@ -34,8 +34,8 @@ def test_render_writes_the_tree_and_prints_the_summary(tmp_path):
         "home/opt/mailcow-dockerized/data/conf/dovecot/extra.conf",
         "home/opt/mailcow-dockerized/data/conf/postfix/extra.cf",
         "home/opt/mailcow-dockerized/data/conf/postfix/mailgate_relay_passwd",
-        "home/etc/mailgate/home-firewall.rules",
-        "home/etc/systemd/system/docker.service.d/mailgate-after-tailscaled.conf",
+        "home/etc/mailgate/dev/home-firewall.rules",
+        "home/etc/systemd/system/docker.service.d/mailgate-dev-after-tailscaled.conf",
         "publish/dns-records.txt",
         "publish/tailscale-policy.hujson",
     }

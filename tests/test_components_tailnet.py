@@ -43,7 +43,7 @@ def test_managed_acl_owns_the_policy_and_exists_before_the_tagged_key(dev_raw):
     run = run_program(raw)
     acl = run.inputs(ACL)
     assert acl["overwriteExistingContent"] is True
-    assert json.loads(acl["acl"]) == policy(load_settings(raw))
+    assert json.loads(acl["acl"]) == policy(load_settings(raw, stack="dev"))
     assert any(urn.endswith(f"::{run.one(ACL).name}") for urn in run.options(KEY)["dependencies"])
 
 

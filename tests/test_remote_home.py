@@ -14,9 +14,7 @@ import pytest
 
 from mailgate.deployment import Deployment
 from mailgate.layout import Secrets, home_files
-from mailgate.renderers.firewall import HOME_TWIN_CHAIN
 from mailgate.renderers.remote_scripts import (
-    STATE_DIR,
     HostCommands,
     originals_for_merge,
     pack,
@@ -98,7 +96,7 @@ class Home:
         found = {}
         for path in sorted(self.root.rglob("*")):
             relative = "/" + str(path.relative_to(self.root))
-            if path.is_file() and not (without_state and relative.startswith(STATE_DIR)):
+            if path.is_file() and not (without_state and relative.startswith(self.settings.names.home_state_dir)):
                 found[relative] = (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mode)
         return found
 
@@ -107,7 +105,7 @@ class Home:
 
     def chain_hooked(self) -> bool:
         saved = self.netns.run(["iptables-save"]).stdout
-        return f"-A DOCKER-USER -j {HOME_TWIN_CHAIN}" in saved
+        return f"-A DOCKER-USER -j {self.settings.names.home_twin_chain}" in saved
 
 
 @pytest.fixture
@@ -154,7 +152,7 @@ def test_second_apply_changes_nothing_and_restarts_nothing(home):
     assert {p: p.stat().st_ino for p in home.root.rglob("*") if p.is_file()} == inodes
     assert len(home.docker_calls()) == calls
     saved = home.netns.run(["iptables-save"]).stdout
-    assert saved.count(f"-A DOCKER-USER -j {HOME_TWIN_CHAIN}") == 1
+    assert saved.count(f"-A DOCKER-USER -j {home.settings.names.home_twin_chain}") == 1
 
 
 def test_only_the_affected_container_is_recreated(home, dev_raw):

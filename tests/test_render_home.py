@@ -12,7 +12,7 @@ import yaml
 from mailgate import catalogue
 from mailgate.deployment import Deployment
 from mailgate.renderers.compose import render_compose_override
-from mailgate.renderers.firewall import HOME_TWIN_CHAIN, render_home_firewall
+from mailgate.renderers.firewall import render_home_firewall
 from mailgate.renderers.mailcow import render_docker_after_tailscale, render_mailcow_conf
 from tests.settings_variants import variant
 from tests.validators import Netns, compose_config, iptables_restore
@@ -118,7 +118,7 @@ def test_only_the_gateway_reaches_the_twin_ports(dev_settings):
         iptables_restore(rules, ns)
         # Real hosts hook the chain into DOCKER-USER (forwarded to containers); in one
         # namespace the same packets pass INPUT.
-        ns.run(["iptables", "-I", "INPUT", "-j", HOME_TWIN_CHAIN]).check_returncode()
+        ns.run(["iptables", "-I", "INPUT", "-j", dev_settings.names.home_twin_chain]).check_returncode()
         probe = ns.run([sys.executable, "-c", PROBE, home, json.dumps([gateway, spoofer]),
                         json.dumps(twin_ports)])
     assert probe.returncode == 0, probe.stderr
@@ -132,7 +132,7 @@ def test_only_the_gateway_reaches_the_twin_ports(dev_settings):
 def test_docker_waits_for_tailscaled_and_reloads_the_firewall(dev_settings, tmp_path):
     rules = tmp_path / "home-firewall.rules"
     rules.write_text(render_home_firewall(dev_settings, Deployment()))
-    text = render_docker_after_tailscale(str(rules), HOME_TWIN_CHAIN)
+    text = render_docker_after_tailscale(str(rules), dev_settings.names.home_twin_chain)
     assert "[Unit]\nAfter=tailscaled.service\nWants=tailscaled.service\n" in text
     command = next(line for line in text.splitlines() if line.startswith("ExecStartPost="))
     argv = ["/bin/sh", "-c", command.split("/bin/sh -c ", 1)[1].strip("'")]
@@ -142,5 +142,5 @@ def test_docker_waits_for_tailscaled_and_reloads_the_firewall(dev_settings, tmp_
             ran = ns.run(argv)
             assert ran.returncode == 0, ran.stderr
         saved = ns.run(["iptables-save"]).stdout
-    assert saved.count(f"-A DOCKER-USER -j {HOME_TWIN_CHAIN}") == 1
+    assert saved.count(f"-A DOCKER-USER -j {dev_settings.names.home_twin_chain}") == 1
     assert "--reject-with tcp-reset" in saved

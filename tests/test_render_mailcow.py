@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from mailgate.deployment import Deployment
-from mailgate.managed_block import BEGIN, END
+from mailgate.managed_block import markers
 from mailgate.renderers.mailcow import (
     MAILCOW_SASL_MAP,
     mailcow_variables,
@@ -19,6 +19,8 @@ from tests.settings_variants import everything, variant
 from tests.validators import doveconf, postconf, postfix_check, postfix_config, postmap_query
 
 USER_EXTRA_CF = "# my own tweak\nmessage_size_limit = 52428800\n"
+
+BEGIN, END = markers("dev")
 
 
 def test_postfix_takes_the_relay_settings_over_mailcows(dev_settings, tmp_path):
@@ -78,8 +80,8 @@ def test_user_lines_in_extra_cf_are_kept_and_merging_is_idempotent(dev_settings,
     assert effective == {"message_size_limit": "52428800", "relayhost": "[smtp-relay.brevo.com]:2525"}
 
 
-def test_dovecot_trusts_proxy_headers_from_the_gateway_only(tmp_path):
-    text = render_dovecot_extra(Deployment(gateway_tailnet_ip="100.101.102.103"))
+def test_dovecot_trusts_proxy_headers_from_the_gateway_only(dev_settings, tmp_path):
+    text = render_dovecot_extra(dev_settings, Deployment(gateway_tailnet_ip="100.101.102.103"))
     assert doveconf(text, tmp_path, "haproxy_trusted_networks").strip() == "100.101.102.103/32"
     assert "haproxy_trusted_networks = 100.101.102.103/32" in doveconf(text, tmp_path)
 
@@ -89,9 +91,9 @@ def test_doveconf_refuses_a_broken_extra_conf(tmp_path):
         doveconf("haproxy_trusted_netwrks = 100.64.0.1/32\n", tmp_path)
 
 
-def test_dovecot_extra_keeps_user_settings(tmp_path):
+def test_dovecot_extra_keeps_user_settings(dev_settings, tmp_path):
     user = "mail_max_userip_connections = 50\n"
-    text = render_dovecot_extra(Deployment(), user)
+    text = render_dovecot_extra(dev_settings, Deployment(), user)
     assert text.startswith(user)
     out = doveconf(text, tmp_path, "mail_max_userip_connections", "haproxy_trusted_networks")
     assert out.split() == ["50", "100.64.0.1/32"]

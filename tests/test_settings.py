@@ -14,7 +14,7 @@ def problems(dev_raw, mutate) -> list[str]:
     raw = copy.deepcopy(dev_raw)
     mutate(raw)
     with pytest.raises(ConfigError) as error:
-        load_settings(raw)
+        load_settings(raw, stack="dev")
     return error.value.problems
 
 
@@ -151,7 +151,7 @@ def test_required_secret_missing_is_reported_with_the_rest(dev_raw):
     raw = copy.deepcopy(dev_raw)
     raw["relay"]["port"] = 26
     with pytest.raises(ConfigError) as error:
-        load_settings(raw, secrets_present=set())
+        load_settings(raw, stack="dev", secrets_present=set())
     assert error.value.problems[-1].startswith(
         "mailgate:relayPassword: missing; set it with `pulumi config set --secret mailgate:relayPassword"
     )
@@ -163,7 +163,7 @@ def test_the_report_is_one_readable_message(dev_raw):
     raw["relay"]["port"] = 26
     raw["domain"] = "x"
     with pytest.raises(ConfigError) as error:
-        load_settings(raw)
+        load_settings(raw, stack="dev")
     assert str(error.value).splitlines()[0] == "mailgate: the stack config has 2 problems:"
     assert all(line.startswith("  - mailgate:") for line in str(error.value).splitlines()[1:])
 
@@ -182,20 +182,20 @@ def test_micro_shape_takes_its_own_defaults(dev_raw):
     raw = copy.deepcopy(dev_raw)
     raw["gateway"] = {k: v for k, v in raw["gateway"].items() if k not in ("ocpus", "memoryInGbs")}
     raw["gateway"]["shape"] = "VM.Standard.E2.1.Micro"
-    settings = load_settings(raw)
+    settings = load_settings(raw, stack="dev")
     assert (settings.gateway.effective_ocpus, settings.gateway.effective_memory_in_gbs) == (1, 1)
     raw["gateway"]["memoryInGbs"] = 6
     with pytest.raises(ConfigError, match=r"gateway.memoryInGbs: 6 GB is outside what VM.Standard.E2.1.Micro"):
-        load_settings(raw)
+        load_settings(raw, stack="dev")
 
 
 def test_paid_shape_needs_always_free_off(dev_raw):
     raw = copy.deepcopy(dev_raw)
     raw["gateway"].update(shape="VM.Standard.E4.Flex", ocpus=8, memoryInGbs=64)
     with pytest.raises(ConfigError, match=r"gateway.shape: VM.Standard.E4.Flex is not an Always Free shape"):
-        load_settings(raw)
+        load_settings(raw, stack="dev")
     raw["gateway"]["alwaysFree"] = False
-    assert load_settings(raw).gateway.effective_memory_in_gbs == 64
+    assert load_settings(raw, stack="dev").gateway.effective_memory_in_gbs == 64
 
 
 def test_settings_are_immutable(dev_settings):
@@ -207,5 +207,5 @@ def test_names_are_normalised(dev_raw):
     raw = copy.deepcopy(dev_raw)
     raw["domain"] = "Example.COM."
     raw["mailHostname"] = "Mail.Example.com"
-    settings = load_settings(raw)
+    settings = load_settings(raw, stack="dev")
     assert (settings.domain, settings.mail_hostname) == ("example.com", "mail.example.com")

@@ -24,7 +24,7 @@ from mailgate.deployment import Deployment
 from mailgate.lab import GATEWAY, GATEWAY_TAILNET, HOME, INET, RELAY, RELAY_IP, MAIL_PASSWORD, MAIL_UID, MAIL_USER, PUBLIC_IP, STATE
 from mailgate.lab.system import LabError, record_pid, run, spawn, wait_for
 from mailgate.renderers import render_template
-from mailgate.renderers.firewall import HOME_TWIN_CHAIN, render_home_firewall
+from mailgate.renderers.firewall import render_home_firewall
 from mailgate.renderers.mailcow import (
     MAILCOW_SASL_MAP, POSTFIX_CONTAINER_CONF, render_dovecot_extra, render_postfix_extra,
     render_relay_password_map,
@@ -62,11 +62,11 @@ def start_home(settings: Settings, home_firewall: bool = True) -> None:
     if home_firewall:
         run(["iptables-restore", "--noflush"], HOME,
             stdin=render_home_firewall(settings, Deployment(gateway_tailnet_ip=GATEWAY_TAILNET)))
-        run(["iptables", "-I", "INPUT", "-j", HOME_TWIN_CHAIN], HOME)
+        run(["iptables", "-I", "INPUT", "-j", settings.names.home_twin_chain], HOME)
     MAIL_DIR.mkdir(parents=True, exist_ok=True)
     shutil.chown(MAIL_DIR, MAIL_UID, MAIL_UID)
     _start_postfix(settings)
-    _start_dovecot()
+    _start_dovecot(settings)
 
 
 def _start_postfix(settings: Settings) -> None:
@@ -94,11 +94,11 @@ def _start_postfix(settings: Settings) -> None:
     record_pid("postfix-master", int(pid_file.read_text()))
 
 
-def _start_dovecot() -> None:
+def _start_dovecot(settings: Settings) -> None:
     DOVECOT_DIR.mkdir(parents=True)
     (DOVECOT_DIR / "var-lib").mkdir()
     (DOVECOT_DIR / "extra.conf").write_text(
-        render_dovecot_extra(Deployment(gateway_tailnet_ip=GATEWAY_TAILNET)))
+        render_dovecot_extra(settings, Deployment(gateway_tailnet_ip=GATEWAY_TAILNET)))
     (DOVECOT_DIR / "users").write_text(
         f"{MAIL_USER}:{{PLAIN}}{MAIL_PASSWORD}:{MAIL_UID}:{MAIL_UID}::{MAIL_DIR}::\n")
     imap = (("imap", 143, False, False), ("imaps", 993, True, False),

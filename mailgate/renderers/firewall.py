@@ -1,7 +1,7 @@
 """Host firewall rules as iptables-restore input (applied with --noflush).
 
 Gateway: the MAILGATE-IN chain, hooked into INPUT by cloud-init, opens the enabled
-public ports. Home: the MAILGATE-TWIN chain, hooked into Docker's DOCKER-USER chain,
+public ports. Home: the stack's MAILGATE-TWIN-<stack> chain, hooked into Docker's DOCKER-USER chain,
 lets only the gateway reach Mailcow's PROXY twin ports, because Postfix believes any
 PROXY header it is sent and would otherwise let anyone claim any client address.
 """
@@ -13,7 +13,6 @@ from mailgate.deployment import Deployment
 from mailgate.renderers.cloud_init import GATEWAY_INPUT_CHAIN
 from mailgate.settings import Settings
 
-HOME_TWIN_CHAIN = "MAILGATE-TWIN"
 HEADER = "# Rendered by mailgate; load with iptables-restore --noflush (the chain is replaced)."
 
 
@@ -48,19 +47,20 @@ def render_home_firewall(settings: Settings, deployment: Deployment) -> str:
     """
     enabled_twins = tuple(s for s in settings.enabled_services if s.proxy_protocol)
     home = settings.home.tailnet_ip
+    chain = settings.names.home_twin_chain
     lines = [
         HEADER,
         "*filter",
-        f":{HOME_TWIN_CHAIN} - [0:0]",
+        f":{chain} - [0:0]",
     ]
     if enabled_twins:
         lines.append(
-            f"-A {HOME_TWIN_CHAIN} -s {deployment.gateway_tailnet_ip}/32 -p tcp "
+            f"-A {chain} -s {deployment.gateway_tailnet_ip}/32 -p tcp "
             f"-m conntrack --ctorigdst {home}/32 "
             f"-m multiport --dports {_ports(enabled_twins, 'home_port')} -j RETURN"
         )
     lines += [
-        f"-A {HOME_TWIN_CHAIN} -p tcp -m conntrack --ctorigdst {home}/32 "
+        f"-A {chain} -p tcp -m conntrack --ctorigdst {home}/32 "
         f"-m multiport --dports {_ports(catalogue.PROXY_SERVICES, 'home_port')} "
         "-j REJECT --reject-with tcp-reset",
         "COMMIT",

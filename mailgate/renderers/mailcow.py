@@ -42,7 +42,7 @@ def render_mailcow_conf(settings: Settings, existing: str | None = None) -> str:
             line = f"#mailgate# {line}"
         kept.append(line)
     body = "\n".join(f"{key}={value}" for key, value in variables.items())
-    return merge_block("".join(kept) or None, body)
+    return merge_block("".join(kept) or None, body, settings.names.stack)
 
 
 def relay_host_key(settings: Settings) -> str:
@@ -66,7 +66,7 @@ def render_postfix_extra(settings: Settings, existing: str | None = None) -> str
     ]
     if relay.port == 465:
         lines.append("smtp_tls_wrappermode = yes")
-    return merge_block(existing, "\n".join(lines))
+    return merge_block(existing, "\n".join(lines), settings.names.stack)
 
 
 def render_relay_password_map(settings: Settings, password: str) -> str:
@@ -75,9 +75,10 @@ def render_relay_password_map(settings: Settings, password: str) -> str:
     return f"{relay_host_key(settings)} {settings.relay.username}:{password}\n"
 
 
-def render_dovecot_extra(deployment: Deployment, existing: str | None = None) -> str:
+def render_dovecot_extra(settings: Settings, deployment: Deployment, existing: str | None = None) -> str:
     # Dovecot honours a PROXY header only from these networks; others are dropped.
-    return merge_block(existing, f"haproxy_trusted_networks = {deployment.gateway_tailnet_ip}/32")
+    return merge_block(existing, f"haproxy_trusted_networks = {deployment.gateway_tailnet_ip}/32",
+                       settings.names.stack)
 
 
 def render_docker_after_tailscale(firewall_rules: str, chain: str) -> str:

@@ -17,11 +17,9 @@ from dataclasses import dataclass
 
 from mailgate.layout import (
     COMPOSE_OVERRIDE,
-    DOCKER_DROP_IN,
     DOVECOT_EXTRA,
     GATEWAY_FIREWALL_V4,
     GATEWAY_FIREWALL_V6,
-    HOME_FIREWALL,
     MAILCOW_CONF,
     POSTFIX_EXTRA,
     POSTFIX_RELAY_MAP,
@@ -29,11 +27,9 @@ from mailgate.layout import (
     home_path,
 )
 from mailgate.renderers import render_template
-from mailgate.renderers.firewall import HOME_TWIN_CHAIN
 from mailgate.renderers.mailcow import POSTFIX_CONTAINER_CONF
 from mailgate.settings import Settings
 
-STATE_DIR = "/var/lib/mailgate"
 POSTFIX, DOVECOT = "postfix-mailcow", "dovecot-mailcow"
 
 # What a changed file needs: containers to recreate, or a firewall/systemd reload.
@@ -123,35 +119,36 @@ def render_gateway_apply(files: list[RenderedFile], commands: HostCommands = Hos
 
 def home_touched_paths(settings: Settings) -> list[str]:
     """Every home path mailgate may write, in the order the scripts handle them."""
-    return [home_path(settings, rel) for rel in HOME_EFFECTS] + [HOME_FIREWALL, DOCKER_DROP_IN]
+    names = settings.names
+    return [home_path(settings, rel) for rel in HOME_EFFECTS] + [names.home_firewall_path, names.docker_drop_in]
 
 
 def render_home_snapshot(settings: Settings, commands: HostCommands = HostCommands()) -> str:
-    return render_template("scripts/home-snapshot.sh.j2", root=commands.root, state_dir=STATE_DIR,
-                           paths=home_touched_paths(settings))
+    return render_template("scripts/home-snapshot.sh.j2", root=commands.root,
+                           state_dir=settings.names.home_state_dir, paths=home_touched_paths(settings))
 
 
 def _home_script_file(settings: Settings, rendered: RenderedFile) -> ScriptFile:
     for relative, (services, _) in HOME_EFFECTS.items():
         if rendered.path == home_path(settings, relative):
             return ScriptFile(rendered.path, rendered.mode, services=services)
-    kind = "firewall" if rendered.path == HOME_FIREWALL else "systemd"
+    kind = "firewall" if rendered.path == settings.names.home_firewall_path else "systemd"
     return ScriptFile(rendered.path, rendered.mode, kind=kind)
 
 
 def render_home_apply(settings: Settings, files: list[RenderedFile],
                       commands: HostCommands = HostCommands()) -> str:
     return render_template(
-        "scripts/home-apply.sh.j2", root=commands.root, commands=commands, state_dir=STATE_DIR,
+        "scripts/home-apply.sh.j2", root=commands.root, commands=commands, state_dir=settings.names.home_state_dir,
         mailcow_dir=settings.home.mailcow_dir, files=[_home_script_file(settings, f) for f in files],
-        firewall_path=HOME_FIREWALL, chain=HOME_TWIN_CHAIN, postfix_check=POSTFIX_CHECK,
+        firewall_path=settings.names.home_firewall_path, chain=settings.names.home_twin_chain, postfix_check=POSTFIX_CHECK,
     )
 
 
 def render_home_restore(settings: Settings, commands: HostCommands = HostCommands()) -> str:
     return render_template(
-        "scripts/home-restore.sh.j2", root=commands.root, commands=commands, state_dir=STATE_DIR,
-        mailcow_dir=settings.home.mailcow_dir, chain=HOME_TWIN_CHAIN,
+        "scripts/home-restore.sh.j2", root=commands.root, commands=commands, state_dir=settings.names.home_state_dir,
+        mailcow_dir=settings.home.mailcow_dir, chain=settings.names.home_twin_chain,
         services=f"{POSTFIX} {DOVECOT}",
     )
 

@@ -1,0 +1,89 @@
+"""Names that must differ between stacks that share a tailnet, an OCI compartment or a
+home host (say `dev` and `prod`), derived from the stack name alone.
+
+Two stacks never touch each other's tailnet machine, bucket, home state directory,
+firewall chain, host files or managed blocks, because every one of those names carries
+the stack.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+# Pulumi's own rule for stack names.
+STACK_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+# iptables keeps chain names to 28 characters (XT_EXTENSION_MAXNAMELEN less the NUL).
+CHAIN_MAX = 28
+# A machine name is one DNS label; leave room for the generation suffix.
+GATEWAY_NAME_MAX = 63 - 7
+SUFFIX_HEX = 6
+
+
+def _digest(text: str, length: int) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def _fit(prefix: str, stack: str, limit: int) -> str:
+    """prefix + stack, or prefix + a digest of the stack when that would be too long."""
+    name = prefix + stack
+    return name if len(name) <= limit else prefix + _digest(stack, limit - len(prefix))
+
+
+@dataclass(frozen=True)
+class StackNames:
+    stack: str
+
+    def __post_init__(self) -> None:
+        if not STACK_NAME.match(self.stack):
+            raise ValueError(f"{self.stack!r} is not a Pulumi stack name")
+
+    @property
+    def label(self) -> str:
+        """The stack as a DNS label fragment: lowercase letters, digits and '-'."""
+        return re.sub(r"[^a-z0-9-]+", "-", self.stack.lower()).strip("-") or _digest(self.stack, 8)
+
+    @property
+    def gateway_machine_prefix(self) -> str:
+        """The gateway's tailnet machine name before its VM's generation suffix."""
+        return _fit("mailgate-", self.label, GATEWAY_NAME_MAX - 3) + "-gw"
+
+    @property
+    def bootstrap_bucket(self) -> str:
+        # Bucket names are unique per Object Storage namespace, i.e. per tenancy.
+        return f"mailgate-{self.label}-bootstrap"
+
+    def display_name(self, what: str) -> str:
+        """OCI display name of a stack's resource."""
+        return f"mailgate-{self.stack}-{what}"
+
+    @property
+    def home_state_dir(self) -> str:
+        return f"/var/lib/mailgate/{self.stack}"
+
+    @property
+    def home_firewall_path(self) -> str:
+        return f"/etc/mailgate/{self.stack}/home-firewall.rules"
+
+    @property
+    def docker_drop_in(self) -> str:
+        return f"/etc/systemd/system/docker.service.d/mailgate-{self.stack}-after-tailscaled.conf"
+
+    @property
+    def home_twin_chain(self) -> str:
+        return _fit("MAILGATE-TWIN-", self.stack, CHAIN_MAX)
+
+    @property
+    def block_begin(self) -> str:
+        return f"# BEGIN mailgate {self.stack}: managed by pulumi, edits inside this block are overwritten"
+
+    @property
+    def block_end(self) -> str:
+        return f"# END mailgate {self.stack}"
+
+
+def gateway_machine_name(names: StackNames, instance_id: str) -> str:
+    """The tailnet machine name of one gateway VM: no other VM, stack or device has it,
+    so looking it up can never answer with a rebuilt node's or a stranger's address."""
+    return f"{names.gateway_machine_prefix}-{_digest(instance_id, SUFFIX_HEX)}"
