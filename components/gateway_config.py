@@ -14,7 +14,7 @@ from pulumi_command import remote
 
 from components.ssh import gateway_connection, step_options
 from mailgate.layout import CLOUD_INIT, gateway_files
-from mailgate.renderers.remote_scripts import content_hash, pack, render_gateway_apply
+from mailgate.renderers.remote_scripts import DEPLOY_TARGETS, content_hash, pack, render_gateway_apply
 from mailgate.settings import Settings
 
 
@@ -37,8 +37,8 @@ class GatewayConfig(pulumi.ComponentResource):
         self.apply = remote.Command(
             f"{name}-apply",
             connection=gateway_connection(args.settings, args.address, args.private_key),
-            create=render_gateway_apply(files),
-            update=render_gateway_apply(files),
+            create=render_gateway_apply(files, DEPLOY_TARGETS["gateway"]),
+            update=render_gateway_apply(files, DEPLOY_TARGETS["gateway"]),
             stdin=bundle,
             triggers=[content_hash(bundle)],
             logging=remote.Logging.STDOUT_AND_STDERR,

@@ -20,6 +20,7 @@ from components.ssh import home_connection, step_options
 from mailgate.deployment import Deployment
 from mailgate.layout import Secrets, home_files
 from mailgate.renderers.remote_scripts import (
+    DEPLOY_TARGETS,
     content_hash,
     originals_for_merge,
     pack,
@@ -50,7 +51,7 @@ class HomeConfig(pulumi.ComponentResource):
         self.snapshot = remote.Command(
             f"{name}-snapshot",
             connection=connection,
-            create=render_home_snapshot(settings),
+            create=render_home_snapshot(settings, DEPLOY_TARGETS["home"]),
             logging=remote.Logging.NONE,
             opts=step_options(self),
         )
@@ -65,13 +66,14 @@ class HomeConfig(pulumi.ComponentResource):
         payload = pulumi.Output.secret(pulumi.Output.all(
             self.snapshot.stdout, args.gateway_tailnet_ip, args.relay_password).apply(bundle))
         # The apply script names files and services only; it holds no secret.
-        script = render_home_apply(settings, home_files(settings, Deployment(), Secrets()))
+        script = render_home_apply(settings, home_files(settings, Deployment(), Secrets()),
+                                   DEPLOY_TARGETS["home"])
         self.apply = remote.Command(
             f"{name}-apply",
             connection=connection,
             create=script,
             update=script,
-            delete=render_home_restore(settings),
+            delete=render_home_restore(settings, DEPLOY_TARGETS["home"]),
             stdin=payload,
             # A hash of the merged files: runs again only when a byte would change.
             triggers=[payload.apply(content_hash)],

@@ -26,10 +26,16 @@ class NginxRuntime:
     """Bind to one address instead of all (the lab's gateway namespace)."""
 
 
-def render_nginx_conf(settings: Settings, runtime: NginxRuntime = NginxRuntime(),
+# The runtime deployed configs are rendered for: Ubuntu's. Only the lifecycle tests
+# (tests/lifecycle) replace it, to run the deployed config in a throwaway host.
+DEPLOY_RUNTIME = NginxRuntime()
+
+
+def render_nginx_conf(settings: Settings, runtime: NginxRuntime | None = None,
                       idle_seconds: Mapping[IdleTimeout, int] | None = None) -> str:
     """`idle_seconds` overrides a timeout class for the lab only, so a test can watch nginx
     cut an idle session in seconds; deployments always use the catalogue's values."""
+    runtime = runtime or DEPLOY_RUNTIME
     return render_template(
         "nginx.conf.j2",
         runtime=runtime,

@@ -2,7 +2,8 @@
 bundle they read from stdin.
 
 Scripts are POSIX sh, idempotent (a file is replaced only when its bytes differ, and only
-the containers whose inputs changed are recreated) and roll back on a failed check.
+the containers whose inputs changed are recreated or restarted) and roll back on a failed
+check.
 Host programs are parameters (HostCommands) so the tests can run the same text against
 a temporary root, a network namespace and a recording `docker`.
 """
@@ -32,13 +33,18 @@ from mailgate.settings import Settings
 
 POSTFIX, DOVECOT = "postfix-mailcow", "dovecot-mailcow"
 
-# What a changed file needs: containers to recreate, or a firewall/systemd reload.
+RECREATE, RESTART = "recreate", "restart"
+
+# What a changed file needs: (containers, action). The override and mailcow.conf (Mailcow's
+# .env) are the containers' definition, applied by `compose up -d`, which recreates a
+# container only when that changed; the others are bind mounts that a container reads
+# only when it starts (Postfix builds main.cf from extra.cf then), so they need a restart.
 HOME_EFFECTS: dict[str, tuple[str, str]] = {
-    COMPOSE_OVERRIDE: (f"{POSTFIX} {DOVECOT}", "compose"),
-    MAILCOW_CONF: (f"{POSTFIX} {DOVECOT}", "compose"),
-    DOVECOT_EXTRA: (DOVECOT, "mailcow"),
-    POSTFIX_EXTRA: (POSTFIX, "mailcow"),
-    POSTFIX_RELAY_MAP: (POSTFIX, "mailcow"),
+    COMPOSE_OVERRIDE: (f"{POSTFIX} {DOVECOT}", RECREATE),
+    MAILCOW_CONF: (f"{POSTFIX} {DOVECOT}", RECREATE),
+    DOVECOT_EXTRA: (DOVECOT, RESTART),
+    POSTFIX_EXTRA: (POSTFIX, RESTART),
+    POSTFIX_RELAY_MAP: (POSTFIX, RESTART),
 }
 
 # Mailcow's entrypoint builds main.cf from the part above '# Overrides #' plus extra.cf;
@@ -64,6 +70,8 @@ class HostCommands:
     nginx_check: str = "nginx -t"
     nginx_reload: str = "systemctl reload nginx"
     persist_firewall: str = "netfilter-persistent save >/dev/null"
+    wait_for_cloud_init: bool = True
+    """Gateway: wait for `cloud-init status --wait` first (a fresh VM is still booting)."""
 
     def iptables_restore(self, ip_version: int) -> str:
         tool = self.iptables if ip_version == 4 else self.ip6tables
@@ -75,8 +83,16 @@ class ScriptFile:
     path: str
     mode: int
     services: str = ""
+    action: str = ""
+    """RECREATE or RESTART `services` when the file changes."""
     kind: str = ""
     ip_version: int = 4
+
+
+# The hosts the components' scripts act on: production programs at the real paths. Only
+# the lifecycle tests (tests/lifecycle) replace these, to aim the very scripts a deployment
+# runs at throwaway hosts; nothing else may change them.
+DEPLOY_TARGETS: dict[str, HostCommands] = {"gateway": HostCommands(), "home": HostCommands()}
 
 
 def pack(files: list[RenderedFile]) -> str:
@@ -107,7 +123,9 @@ def content_hash(text: str) -> str:
 
 
 def render_gateway_apply(files: list[RenderedFile], commands: HostCommands = HostCommands(),
-                         wait_for_cloud_init: bool = True) -> str:
+                         wait_for_cloud_init: bool | None = None) -> str:
+    if wait_for_cloud_init is None:
+        wait_for_cloud_init = commands.wait_for_cloud_init
     script_files = [ScriptFile(f.path, f.mode) for f in files]
     firewall = [ScriptFile(p, 0o640, ip_version=v)
                 for p, v in ((GATEWAY_FIREWALL_V4, 4), (GATEWAY_FIREWALL_V6, 6))
@@ -129,9 +147,9 @@ def render_home_snapshot(settings: Settings, commands: HostCommands = HostComman
 
 
 def _home_script_file(settings: Settings, rendered: RenderedFile) -> ScriptFile:
-    for relative, (services, _) in HOME_EFFECTS.items():
+    for relative, (services, action) in HOME_EFFECTS.items():
         if rendered.path == home_path(settings, relative):
-            return ScriptFile(rendered.path, rendered.mode, services=services)
+            return ScriptFile(rendered.path, rendered.mode, services=services, action=action)
     kind = "firewall" if rendered.path == settings.names.home_firewall_path else "systemd"
     return ScriptFile(rendered.path, rendered.mode, kind=kind)
 
@@ -149,7 +167,8 @@ def render_home_restore(settings: Settings, commands: HostCommands = HostCommand
     return render_template(
         "scripts/home-restore.sh.j2", root=commands.root, commands=commands, state_dir=settings.names.home_state_dir,
         mailcow_dir=settings.home.mailcow_dir, chain=settings.names.home_twin_chain,
-        services=f"{POSTFIX} {DOVECOT}",
+        files=[ScriptFile(home_path(settings, relative), 0, services=services, action=action)
+               for relative, (services, action) in HOME_EFFECTS.items()],
     )
 
 
