@@ -5,30 +5,35 @@ Data flows one way: stack config -> settings -> renderers -> components -> hosts
 
 import pulumi
 
-from components.gateway import GatewayHost, GatewayHostArgs, rebuild_trigger
+from components.bootstrap import BootstrapBucket, BootstrapBucketArgs, GatewayEnrolment, GatewayEnrolmentArgs
+from components.gateway import GatewayHost, GatewayHostArgs
 from components.gateway_config import GatewayConfig, GatewayConfigArgs
 from components.home_config import HomeConfig, HomeConfigArgs
 from components.network import GatewayNetwork, GatewayNetworkArgs
 from components.stack_config import load_stack_settings
-from components.tailnet import Tailnet, TailnetArgs, device_tailnet_ip
+from components.tailnet import Tailnet, TailnetArgs
 from mailgate import catalogue
 from mailgate.deployment import Deployment
 from mailgate.renderers.dns import dns_records
 
 settings, secrets = load_stack_settings()
 
-network = GatewayNetwork("gateway-net", GatewayNetworkArgs(settings.gateway, settings.enabled_services))
-tailnet = Tailnet("tailnet", TailnetArgs(settings, new_key_when=rebuild_trigger(settings)))
-gateway = GatewayHost("gateway", GatewayHostArgs(settings, network.subnet_id, tailnet.auth_key))
-gateway_tailnet_ip = device_tailnet_ip(settings.tailscale.gateway_hostname, joined=gateway.instance)
+network = GatewayNetwork("gateway-net", GatewayNetworkArgs(
+    settings.gateway, settings.enabled_services, settings.names))
+tailnet = Tailnet("tailnet", TailnetArgs(settings))
+bootstrap = BootstrapBucket("bootstrap", BootstrapBucketArgs(settings))
+gateway = GatewayHost("gateway", GatewayHostArgs(settings, network.subnet_id, bootstrap.url))
+# Minted after the VM, for that VM: a VM created at any time joins with a fresh key.
+enrolment = GatewayEnrolment("gateway-enrolment", GatewayEnrolmentArgs(
+    settings, bootstrap, gateway.instance.id, tailnet.acl))
 GatewayConfig("gateway-config", GatewayConfigArgs(
-    settings, gateway.public_ipv4, secrets.gateway_ssh_private_key, gateway.instance))
+    settings, enrolment.tailnet_ip, secrets.gateway_ssh_private_key, gateway.instance.id))
 HomeConfig("home-config", HomeConfigArgs(
-    settings, gateway_tailnet_ip, secrets.relay_password, secrets.home_ssh_private_key,
-    gateway.public_ipv4, secrets.gateway_ssh_private_key))
+    settings, enrolment.tailnet_ip, secrets.relay_password, secrets.home_ssh_private_key,
+    enrolment.tailnet_ip, secrets.gateway_ssh_private_key))
 
 deployment = pulumi.Output.all(
-    gateway_tailnet_ip=gateway_tailnet_ip,
+    gateway_tailnet_ip=enrolment.tailnet_ip,
     public_ipv4=gateway.public_ipv4,
     public_ipv6=gateway.public_ipv6,
 ).apply(lambda values: Deployment(**values))
@@ -36,7 +41,8 @@ deployment = pulumi.Output.all(
 pulumi.export("public_ipv4", gateway.public_ipv4)
 if settings.gateway.ipv6:
     pulumi.export("public_ipv6", gateway.public_ipv6)
-pulumi.export("gateway_tailnet_ip", gateway_tailnet_ip)
+pulumi.export("gateway_tailnet_ip", enrolment.tailnet_ip)
+pulumi.export("gateway_machine_name", enrolment.machine_name)
 pulumi.export("gateway_image_id", gateway.image_id)
 pulumi.export("dns_records", deployment.apply(lambda d: [r.as_dict() for r in dns_records(settings, d)]))
 pulumi.export("tailscale_policy_snippet", tailnet.policy_snippet)

@@ -2,18 +2,17 @@
 
 Resources: one `oci.core.Instance` (Ubuntu LTS, cloud-init bootstrap as user data) and
 one `oci.core.PublicIp` with lifetime RESERVED bound to the instance's primary private IP.
-Looked up (invokes): the image unless pinned, the availability domain unless set, the
-primary VNIC and its private IP, and the VNIC's IPv6 address when IPv6 is on.
+Looked up (invokes): the image unless pinned, the availability domains and the shapes
+each offers (only the pinned one when set), the primary VNIC and its private IP, and the
+VNIC's IPv6 address when IPv6 is on.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
-import json
 import re
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import pulumi
 import pulumi_oci as oci
@@ -46,40 +45,50 @@ def newest_ubuntu_lts(images: Sequence[Any]) -> str:
     return newest.id
 
 
+def launch_domain(shape: str, offered: Mapping[str, Sequence[str]],
+                  pinned: str | None = None) -> str:
+    """The availability domain to launch `shape` in: `pinned` when set, else the first of
+    `offered` (domain name -> names of the shapes it offers, in the region's order) that
+    offers the shape.
+    """
+    asked = ", ".join(offered) or "none"
+    how_to_list = ("`oci compute shape list --compartment-id <mailgate:gateway.compartmentId> "
+                   "--availability-domain <domain>` lists what a domain offers")
+    if pinned:
+        if shape in offered.get(pinned, ()):
+            return pinned
+        raise ValueError(
+            f"mailgate:gateway.availabilityDomain: {pinned} does not offer the shape {shape} "
+            f"(mailgate:gateway.shape) to this compartment (asked: {asked}). Leave "
+            "mailgate:gateway.availabilityDomain empty to use the first domain that offers it, "
+            f"or set mailgate:gateway.shape to a shape this domain offers; {how_to_list}."
+        )
+    for domain, shapes in offered.items():
+        if shape in shapes:
+            return domain
+    raise ValueError(
+        f"mailgate:gateway.shape: no availability domain of this region offers {shape} to "
+        f"this compartment (asked: {asked}). Set mailgate:gateway.shape to a shape one of "
+        f"them offers, or use a region that offers it; {how_to_list}. "
+        "mailgate:gateway.availabilityDomain cannot help: it must name a domain that offers "
+        "the shape."
+    )
+
+
 def primary_private_ip_id(private_ips: Sequence[Any]) -> str:
     return next(ip.id for ip in private_ips if ip.is_primary)
 
 
-def user_data(settings: Settings, auth_key: str) -> str:
-    return base64.b64encode(render_cloud_init(settings, auth_key).encode()).decode()
-
-
-def rebuild_trigger(settings: Settings) -> str:
-    """A digest of the settings whose change gives the gateway a new VM.
-
-    A new VM needs a new auth key: the old one is single-use and expires within hours.
-    The Tailnet component replaces its key whenever this digest changes. Shape sizes are
-    left out: OCI changes them in place. The image is left out because pinning the
-    running image must not rebuild anything; moving to another image is a rebuild the
-    README tells to run with `--replace` on the key.
-    """
-    gateway = settings.gateway
-    decisive = {
-        "cloud_init": render_cloud_init(settings, "tskey-placeholder"),
-        "ssh_public_keys": gateway.ssh_public_keys,
-        "availability_domain": gateway.availability_domain,
-        "ipv6": gateway.ipv6,
-        "subnet": [gateway.vcn_cidr, gateway.subnet_cidr],
-    }
-    return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()
+def user_data(settings: Settings, bootstrap_url: str) -> str:
+    return base64.b64encode(render_cloud_init(settings, bootstrap_url).encode()).decode()
 
 
 @dataclass(frozen=True)
 class GatewayHostArgs:
     settings: Settings
     subnet_id: pulumi.Input[str]
-    auth_key: pulumi.Output[str]
-    """The tailnet auth key cloud-init joins with; a secret Output."""
+    bootstrap_url: pulumi.Output[str]
+    """The bootstrap bucket's read-only URL the VM fetches its enrolment from; a secret."""
 
 
 class GatewayHost(pulumi.ComponentResource):
@@ -112,18 +121,36 @@ class GatewayHost(pulumi.ComponentResource):
                 opts=invoke,
             ).apply(lambda result: newest_ubuntu_lts(result.images))
         )
-        # Availability domain names are the same for every compartment of a tenancy.
-        availability_domain = pulumi.Output.from_input(gateway.availability_domain) if (
+        # Always Free E2.1.Micro exists in one availability domain of a multi-domain region,
+        # so each domain is asked what it offers; a pinned one is only checked.
+        domains = pulumi.Output.from_input([gateway.availability_domain]) if (
             gateway.availability_domain) else oci.identity.get_availability_domains_output(
                 compartment_id=gateway.compartment_id, opts=invoke,
-            ).apply(lambda result: result.availability_domains[0].name)
+            ).apply(lambda result: [domain.name for domain in result.availability_domains])
+
+        def offered_shapes(names: list[str]) -> pulumi.Output[dict[str, list[str]]]:
+            return pulumi.Output.all(*[
+                oci.core.get_shapes_output(
+                    compartment_id=gateway.compartment_id, availability_domain=domain, opts=invoke,
+                ).apply(lambda result: [shape.name for shape in result.shapes])
+                for domain in names
+            ]).apply(lambda shape_lists: dict(zip(names, shape_lists)))
+
+        def choose_domain(offered: dict[str, list[str]]) -> str:
+            try:
+                return launch_domain(gateway.shape, offered, gateway.availability_domain)
+            except ValueError as error:
+                # RunError ends the program with its message only, no traceback.
+                raise pulumi.RunError(str(error)) from None
+
+        availability_domain = domains.apply(offered_shapes).apply(choose_domain)
 
         flexible = gateway.shape.endswith(".Flex")
         self.instance = oci.core.Instance(
             f"{name}-instance",
             compartment_id=gateway.compartment_id,
             availability_domain=availability_domain,
-            display_name=args.settings.tailscale.gateway_hostname,
+            display_name=args.settings.names.display_name("gateway"),
             shape=gateway.shape,
             # Fixed shapes such as E2.1.Micro reject a shape_config.
             shape_config=oci.core.InstanceShapeConfigArgs(
@@ -142,9 +169,10 @@ class GatewayHost(pulumi.ComponentResource):
             ),
             metadata={
                 "ssh_authorized_keys": "\n".join(gateway.ssh_public_keys),
-                # Secret: the rendered text carries the auth key.
+                # Secret: the URL reads the bootstrap bucket. No key: each VM's own is
+                # minted after the VM exists (see components/bootstrap.py).
                 "user_data": pulumi.Output.secret(
-                    args.auth_key.apply(lambda key: user_data(args.settings, key))),
+                    args.bootstrap_url.apply(lambda url: user_data(args.settings, url))),
             },
             opts=pulumi.ResourceOptions(
                 parent=self,
@@ -168,7 +196,7 @@ class GatewayHost(pulumi.ComponentResource):
             compartment_id=gateway.compartment_id,
             lifetime="RESERVED",
             private_ip_id=self.private_ip_id,
-            display_name=f"{name}-public-ip",
+            display_name=args.settings.names.display_name("public-ip"),
             # The MX address: rebuilding the VM moves it to the new private IP, and only
             # an explicit `pulumi state unprotect` lets it be released.
             opts=pulumi.ResourceOptions(parent=self, protect=True),

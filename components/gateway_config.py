@@ -1,8 +1,10 @@
 """GatewayConfig: lays the nginx stream config and the port firewall on the gateway.
 
-Resources: one `command:remote:Command`. It runs the rendered apply script (install,
-`nginx -t`, load the firewall, reload; put the old files back on failure) with the files
-on stdin, and runs again only when their sha256 changes.
+Resources: one `command:remote:Command`, reaching the gateway over the tailnet. It runs
+the rendered apply script (install, `nginx -t`, load the firewall, reload; put the old
+files back on failure) with the files on stdin. pulumi-command updates (re-runs) it when
+its script, stdin or connection changes: when a file's bytes change, and on every new VM,
+whose OCID is in the script text and whose tailnet address is the connection's host.
 """
 
 from __future__ import annotations
@@ -14,18 +16,18 @@ from pulumi_command import remote
 
 from components.ssh import gateway_connection, step_options
 from mailgate.layout import CLOUD_INIT, gateway_files
-from mailgate.renderers.remote_scripts import DEPLOY_TARGETS, content_hash, pack, render_gateway_apply
+from mailgate.renderers.remote_scripts import DEPLOY_TARGETS, pack, render_gateway_apply
 from mailgate.settings import Settings
 
 
 @dataclass(frozen=True)
 class GatewayConfigArgs:
     settings: Settings
-    address: pulumi.Input[str]
-    """The gateway's public address (SSH is open there from adminCidrs)."""
+    tailnet_ip: pulumi.Input[str]
+    """The gateway's tailnet address, read once it joined: SSH goes there."""
     private_key: pulumi.Input[str] | None
-    instance: pulumi.Resource
-    """The VM; the step waits for it (and for cloud-init, in the script)."""
+    instance_id: pulumi.Output[str]
+    """The VM the configuration is for."""
 
 
 class GatewayConfig(pulumi.ComponentResource):
@@ -33,15 +35,16 @@ class GatewayConfig(pulumi.ComponentResource):
         super().__init__("mailgate:remote:GatewayConfig", name, None, opts)
         # cloud-init travels in the instance metadata, not over SSH.
         files = [f for f in gateway_files(args.settings) if f.path != CLOUD_INIT]
-        bundle = pack(files)
+        script = args.instance_id.apply(
+            lambda instance: render_gateway_apply(files, DEPLOY_TARGETS["gateway"], instance_id=instance))
+        # No triggers: a change of them would replace the command, never update it.
         self.apply = remote.Command(
             f"{name}-apply",
-            connection=gateway_connection(args.settings, args.address, args.private_key),
-            create=render_gateway_apply(files, DEPLOY_TARGETS["gateway"]),
-            update=render_gateway_apply(files, DEPLOY_TARGETS["gateway"]),
-            stdin=bundle,
-            triggers=[content_hash(bundle)],
+            connection=gateway_connection(args.settings, args.tailnet_ip, args.private_key),
+            create=script,
+            update=script,
+            stdin=pack(files),
             logging=remote.Logging.STDOUT_AND_STDERR,
-            opts=step_options(self, depends_on=[args.instance], secret_output=False),
+            opts=step_options(self, secret_output=False),
         )
         self.register_outputs({"apply_stdout": self.apply.stdout})

@@ -5,8 +5,8 @@ Resources: two `command:remote:Command`s.
 - `-snapshot` backs up the pristine originals on the host (once) and returns them as a
   secret: mailgate merges into the user's own text with its pure renderers.
 - `-apply` installs the merged files (stdin, secret), validates them in the containers,
-  recreates only the affected containers, rolls back on failure; its `delete` restores
-  every original byte for byte.
+  recreates or restarts only the affected containers, rolls back on failure; its `delete`
+  restores every original byte for byte. Changed content is an update, never a replace.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from mailgate.deployment import Deployment
 from mailgate.layout import Secrets, home_files
 from mailgate.renderers.remote_scripts import (
     DEPLOY_TARGETS,
-    content_hash,
     originals_for_merge,
     pack,
     render_home_apply,
@@ -74,9 +73,11 @@ class HomeConfig(pulumi.ComponentResource):
             create=script,
             update=script,
             delete=render_home_restore(settings, DEPLOY_TARGETS["home"]),
+            # The merged files travel on stdin, so a change of any byte is an update that
+            # re-runs `update`. Never `triggers`: pulumi-command replaces on their change,
+            # and a replacement ends with the OLD resource's delete, the restore script,
+            # which would undo the new files.
             stdin=payload,
-            # A hash of the merged files: runs again only when a byte would change.
-            triggers=[payload.apply(content_hash)],
             logging=remote.Logging.NONE,
             opts=step_options(self, depends_on=[self.snapshot]),
         )

@@ -19,6 +19,7 @@ import pulumi
 import pulumi_oci as oci
 
 from mailgate import catalogue
+from mailgate.names import StackNames
 from mailgate.settings import GatewaySettings
 
 TCP, UDP, ICMP, ICMPV6, ALL = "6", "17", "1", "58", "all"
@@ -96,6 +97,7 @@ def first_slash64(vcn_ipv6_blocks: list[str]) -> str:
 class GatewayNetworkArgs:
     gateway: GatewaySettings
     services: tuple[catalogue.Service, ...]
+    names: StackNames
 
 
 class GatewayNetwork(pulumi.ComponentResource):
@@ -116,7 +118,7 @@ class GatewayNetwork(pulumi.ComponentResource):
             f"{name}-vcn",
             compartment_id=gateway.compartment_id,
             cidr_blocks=[gateway.vcn_cidr],
-            display_name=f"{name}-vcn",
+            display_name=args.names.display_name("vcn"),
             is_ipv6enabled=True if gateway.ipv6 else None,
             opts=child,
         )
@@ -125,14 +127,14 @@ class GatewayNetwork(pulumi.ComponentResource):
             compartment_id=gateway.compartment_id,
             vcn_id=vcn.id,
             enabled=True,
-            display_name=f"{name}-igw",
+            display_name=args.names.display_name("igw"),
             opts=child,
         )
         route_table = oci.core.RouteTable(
             f"{name}-routes",
             compartment_id=gateway.compartment_id,
             vcn_id=vcn.id,
-            display_name=f"{name}-routes",
+            display_name=args.names.display_name("routes"),
             route_rules=[
                 oci.core.RouteTableRouteRuleArgs(
                     destination=world,
@@ -147,7 +149,7 @@ class GatewayNetwork(pulumi.ComponentResource):
             f"{name}-security",
             compartment_id=gateway.compartment_id,
             vcn_id=vcn.id,
-            display_name=f"{name}-security",
+            display_name=args.names.display_name("security"),
             ingress_security_rules=[
                 _ingress_args(rule) for rule in ingress_rules(gateway, args.services)
             ],
@@ -171,7 +173,7 @@ class GatewayNetwork(pulumi.ComponentResource):
             security_list_ids=[security_list.id],
             # Public subnet: the reserved public IP is attached to a VNIC in it.
             prohibit_public_ip_on_vnic=False,
-            display_name=f"{name}-subnet",
+            display_name=args.names.display_name("subnet"),
             opts=child,
         )
 

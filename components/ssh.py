@@ -8,9 +8,15 @@ from pulumi_command import remote
 
 from mailgate.settings import Settings
 
-# An unreachable host fails after about DIAL_ATTEMPTS x DIAL_TIMEOUT_SECONDS, not hours.
+# A fresh gateway's sshd refuses connections while it boots, and a new tailnet path takes a
+# while to come up. pulumi-command v1.2.1 (provider/pkg/provider/remote/connection.go,
+# dialWithRetry) gives up after the (DIAL_ERROR_LIMIT + 1)th failed dial and sleeps between
+# dials as pulumi/pulumi's retry.Until does (sdk/go/common/util/retry/until.go): 100 ms,
+# x1.5 each time, at most 5 s. A refused dial fails at once, so the sleeps alone are the
+# window: 20 give 61 s. An unreachable host (every dial timing out) fails after
+# 21 x 15 s + 61 s, about 6.3 minutes. tests/test_components_ssh.py models both.
 DIAL_TIMEOUT_SECONDS = 15
-DIAL_ATTEMPTS = 4
+DIAL_ERROR_LIMIT = 20
 STEP_TIMEOUT = "20m"
 
 
@@ -19,7 +25,7 @@ def gateway_connection(settings: Settings, address: pulumi.Input[str],
     # The gateway's host key is made on its first boot, so it cannot be pinned in advance.
     return remote.ConnectionArgs(
         host=address, user=settings.gateway.ssh_user, private_key=private_key,
-        per_dial_timeout=DIAL_TIMEOUT_SECONDS, dial_error_limit=DIAL_ATTEMPTS,
+        per_dial_timeout=DIAL_TIMEOUT_SECONDS, dial_error_limit=DIAL_ERROR_LIMIT,
     )
 
 
@@ -31,12 +37,12 @@ def home_connection(settings: Settings, private_key: pulumi.Input[str] | None,
     if home.via_gateway:
         proxy = remote.ProxyConnectionArgs(
             host=gateway_address, user=settings.gateway.ssh_user, private_key=gateway_private_key,
-            per_dial_timeout=DIAL_TIMEOUT_SECONDS, dial_error_limit=DIAL_ATTEMPTS,
+            per_dial_timeout=DIAL_TIMEOUT_SECONDS, dial_error_limit=DIAL_ERROR_LIMIT,
         )
     return remote.ConnectionArgs(
         host=home.ssh_host, port=home.ssh_port, user=home.ssh_user, private_key=private_key,
         host_key=home.ssh_host_key, proxy=proxy,
-        per_dial_timeout=DIAL_TIMEOUT_SECONDS, dial_error_limit=DIAL_ATTEMPTS,
+        per_dial_timeout=DIAL_TIMEOUT_SECONDS, dial_error_limit=DIAL_ERROR_LIMIT,
     )
 
 

@@ -2,8 +2,8 @@
 home host (say `dev` and `prod`), derived from the stack name alone.
 
 Two stacks never touch each other's tailnet machine, bucket, home state directory,
-firewall chain, host files or managed blocks, because every one of those names carries
-the stack.
+firewall chain, host files or managed blocks (see managed_block), because every one of
+those names carries the stack.
 """
 
 from __future__ import annotations
@@ -74,16 +74,10 @@ class StackNames:
     def home_twin_chain(self) -> str:
         return _fit("MAILGATE-TWIN-", self.stack, CHAIN_MAX)
 
-    @property
-    def block_begin(self) -> str:
-        return f"# BEGIN mailgate {self.stack}: managed by pulumi, edits inside this block are overwritten"
-
-    @property
-    def block_end(self) -> str:
-        return f"# END mailgate {self.stack}"
 
 
-def gateway_machine_name(names: StackNames, instance_id: str) -> str:
-    """The tailnet machine name of one gateway VM: no other VM, stack or device has it,
-    so looking it up can never answer with a rebuilt node's or a stranger's address."""
-    return f"{names.gateway_machine_prefix}-{_digest(instance_id, SUFFIX_HEX)}"
+def gateway_machine_name(prefix: str, instance_id: str) -> str:
+    """The tailnet machine name of one gateway VM: `prefix` and a digest of the VM's OCID.
+    No other VM, stack or device has it, so looking it up can never answer with a rebuilt
+    node's, another stack's or a stranger's address."""
+    return f"{prefix}-{_digest(instance_id, SUFFIX_HEX)}"

@@ -6,12 +6,13 @@ import base64
 import copy
 from types import SimpleNamespace
 
+import pulumi
 import pytest
 
-from components.gateway import newest_ubuntu_lts
+from components.gateway import launch_domain, newest_ubuntu_lts
 from mailgate.renderers.cloud_init import render_cloud_init
 from tests import pulumi_harness as h
-from tests.pulumi_harness import run_program
+from tests.pulumi_harness import RecordingMocks, run_program
 
 INSTANCE = "oci:Core/instance:Instance"
 PUBLIC_IP = "oci:Core/publicIp:PublicIp"
@@ -54,6 +55,76 @@ def test_pinned_image_and_domain_are_used_without_lookups(dev_raw):
     assert run.invoked("oci:Identity/getAvailabilityDomains:getAvailabilityDomains") == []
 
 
+MICRO = "VM.Standard.E2.1.Micro"
+SHAPES_QUERY = "oci:Core/getShapes:getShapes"
+DOMAINS_QUERY = "oci:Identity/getAvailabilityDomains:getAvailabilityDomains"
+AD_1, AD_2, AD_3 = h.AVAILABILITY_DOMAINS
+
+
+def _micro(raw, availability_domain=None):
+    raw = copy.deepcopy(raw)
+    raw["gateway"]["shape"] = MICRO
+    del raw["gateway"]["ocpus"], raw["gateway"]["memoryInGbs"]
+    if availability_domain:
+        raw["gateway"]["availabilityDomain"] = availability_domain
+    return raw
+
+
+def _offering(by_domain: dict[str, list[str]]) -> RecordingMocks:
+    """Mocks whose domains offer only the shapes in `by_domain` (the rest: none)."""
+    def invokes(args):
+        if args.token == SHAPES_QUERY:
+            return h.shapes_answer(by_domain.get(args.args["availabilityDomain"], []))
+        return h.provider_invokes(args)
+    return RecordingMocks(invokes=invokes)
+
+
+def test_e2_micro_launches_in_the_one_domain_that_offers_it(dev_raw):
+    everything_but_micro = [name for name in h.SHAPES if name != MICRO]
+    run = run_program(_micro(dev_raw), recorder=_offering({
+        AD_1: everything_but_micro, AD_2: everything_but_micro, AD_3: list(h.SHAPES)}))
+    assert run.inputs(INSTANCE)["availabilityDomain"] == AD_3
+    asked = run.invoked(SHAPES_QUERY)
+    assert sorted(query["availabilityDomain"] for query in asked) == list(h.AVAILABILITY_DOMAINS)
+    assert {query["compartmentId"] for query in asked} == {dev_raw["gateway"]["compartmentId"]}
+
+
+def test_a_shape_no_domain_offers_stops_the_run_before_any_vm(dev_raw):
+    recorder = _offering({AD_1: ["VM.Standard.A1.Flex"], AD_2: ["VM.Standard.A1.Flex"]})
+    with pytest.raises(pulumi.RunError) as error:
+        run_program(_micro(dev_raw), recorder=recorder)
+    message = str(error.value)
+    assert message.startswith(f"mailgate:gateway.shape: no availability domain of this region "
+                              f"offers {MICRO}")
+    assert f"(asked: {AD_1}, {AD_2}, {AD_3})" in message
+    assert "mailgate:gateway.availabilityDomain" in message and "oci compute shape list" in message
+    assert "Traceback" not in message
+    assert not [r for r in recorder.resources if r.type == INSTANCE]
+
+
+def test_a_pinned_domain_is_used_after_checking_it_offers_the_shape(dev_raw):
+    run = run_program(_micro(dev_raw, AD_2), recorder=_offering({AD_2: [MICRO]}))
+    assert run.inputs(INSTANCE)["availabilityDomain"] == AD_2
+    assert [query["availabilityDomain"] for query in run.invoked(SHAPES_QUERY)] == [AD_2]
+    assert run.invoked(DOMAINS_QUERY) == []
+
+
+def test_a_pinned_domain_without_the_shape_is_refused(dev_raw):
+    with pytest.raises(pulumi.RunError, match=(
+            f"mailgate:gateway.availabilityDomain: {AD_1} does not offer the shape {MICRO} "
+            r"\(mailgate:gateway.shape\)")):
+        run_program(_micro(dev_raw, AD_1), recorder=_offering({AD_3: [MICRO]}))
+
+
+def test_domain_choice_takes_the_first_domain_offering_the_shape():
+    offered = {AD_1: ["VM.Standard.A1.Flex"], AD_2: [MICRO, "VM.Standard.A1.Flex"], AD_3: [MICRO]}
+    assert launch_domain(MICRO, offered) == AD_2
+    assert launch_domain("VM.Standard.A1.Flex", offered) == AD_1
+    assert launch_domain(MICRO, offered, pinned=AD_3) == AD_3
+    with pytest.raises(ValueError, match=r"asked: none"):
+        launch_domain(MICRO, {})
+
+
 def test_e2_micro_gets_no_shape_config(dev_raw):
     raw = copy.deepcopy(dev_raw)
     raw["gateway"]["shape"] = "VM.Standard.E2.1.Micro"
@@ -80,12 +151,15 @@ def test_reserved_ip_is_protected_and_bound_to_the_instances_primary_private_ip(
     assert run.value("public_ipv4") == h.PUBLIC_IPV4
 
 
-def test_user_data_is_secret_base64_cloud_init_with_the_auth_key(dev_raw, dev_settings):
+def test_user_data_is_secret_cloud_init_naming_the_bootstrap_bucket_and_no_key(dev_raw, dev_settings):
     run = run_program(dev_raw)
     assert h.secret_paths(run.sent_object(INSTANCE)) == {"metadata.user_data"}
     user_data = base64.b64decode(run.inputs(INSTANCE)["metadata"]["user_data"]).decode()
-    assert user_data == render_cloud_init(dev_settings, h.AUTH_KEY)
+    bucket_url = f"{h.OBJECT_STORAGE}/p/{h.PAR_TOKEN}/n/{h.OBJECT_STORAGE_NAMESPACE}/b/mailgate-dev-bootstrap/o/"
+    assert user_data == render_cloud_init(dev_settings, bucket_url)
     assert user_data.startswith("#cloud-config")
+    assert h.AUTH_KEY not in user_data and "tskey" not in user_data
+    assert run.inputs(INSTANCE)["displayName"] == "mailgate-dev-gateway"
 
 
 def _instance_and_network(raw) -> dict[str, dict]:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 
 from google.protobuf import json_format
 
+from components.ssh import DIAL_ERROR_LIMIT, DIAL_TIMEOUT_SECONDS
 from mailgate.renderers.remote_scripts import unpack
 from tests import pulumi_harness as h
 from tests.pulumi_harness import plain, run_program, secret_paths
@@ -27,20 +27,29 @@ def urn_of(run, name):
 def test_gateway_step_runs_after_the_vm_and_only_when_the_files_change(dev_raw):
     run = run_program(dev_raw)
     inputs, options, _ = command(run, "gateway-config-apply")
-    assert inputs["triggers"] == [hashlib.sha256(inputs["stdin"].encode()).hexdigest()]
-    assert inputs["connection"]["host"] == h.PUBLIC_IPV4
+    # No triggers: a change of them REPLACES a command (pulumi-command); content is stdin,
+    # so a change is an update, and the VM's OCID is in the script, so a new VM re-runs it.
+    assert "triggers" not in inputs
+    assert "# For the gateway VM gateway-instance-id:" in inputs["create"] == inputs["update"]
+    # Over the tailnet, not the public IP: the runner may sit behind CGNAT.
+    assert inputs["connection"]["host"] == h.GATEWAY_TAILNET_IPV4
     assert inputs["connection"]["user"] == "ubuntu"
-    assert inputs["connection"]["perDialTimeout"] == 15 and inputs["connection"]["dialErrorLimit"] == 4
+    assert inputs["connection"]["perDialTimeout"] == DIAL_TIMEOUT_SECONDS
+    assert inputs["connection"]["dialErrorLimit"] == DIAL_ERROR_LIMIT
     assert "cloud-init status --wait" in inputs["create"]
     files = unpack(inputs["stdin"])
     assert set(files) == {"/etc/nginx/nginx.conf", "/etc/iptables/mailgate.rules.v4"}
     assert urn_of(run, "gateway-instance") in options["dependencies"]
+    assert urn_of(run, "gateway-enrolment-object") in options["dependencies"]
 
 
 def test_home_step_sends_secrets_only_on_stdin_and_merges_into_the_users_files(dev_raw):
     run = run_program(dev_raw, secrets={"relayPassword": PASSWORD})
     inputs, options, sent = command(run, "home-config-apply")
     assert secret_paths(sent) >= {"stdin"}
+    # With triggers, a changed byte would REPLACE the step, and the old step's delete (the
+    # restore script) would run last and undo the new files.
+    assert "triggers" not in inputs
     for script in ("create", "update", "delete"):
         assert PASSWORD not in inputs[script]
     assert inputs["logging"] == "none"
@@ -74,6 +83,6 @@ def test_host_key_pinning_and_jump_through_the_gateway(dev_raw, dev_settings):
     inputs, _, sent = command(run, "home-config-apply")
     connection = inputs["connection"]
     assert connection["hostKey"] == dev_settings.gateway.ssh_public_keys[0]
-    assert connection["proxy"]["host"] == h.PUBLIC_IPV4 and connection["proxy"]["user"] == "ubuntu"
+    assert connection["proxy"]["host"] == h.GATEWAY_TAILNET_IPV4 and connection["proxy"]["user"] == "ubuntu"
     # The provider marks the whole connection (keys included) secret.
     assert "connection" in secret_paths(sent)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pulumi
 import pytest
@@ -66,10 +67,13 @@ def test_exports_are_complete_and_filled_from_the_deployed_gateway(dev_raw):
     from tests import pulumi_harness as h
 
     run = run_program(dev_raw)
-    assert set(run.exports) == {"public_ipv4", "gateway_tailnet_ip", "gateway_image_id",
-                                "dns_records", "tailscale_policy_snippet", "port_map"}
+    assert set(run.exports) == {"public_ipv4", "gateway_tailnet_ip", "gateway_machine_name",
+                                "gateway_image_id", "dns_records", "tailscale_policy_snippet",
+                                "port_map"}
     assert run.value("public_ipv4") == h.PUBLIC_IPV4
     assert run.value("gateway_tailnet_ip") == h.GATEWAY_TAILNET_IPV4
+    # The stack's prefix and a digest of this VM's OCID, nothing any other device has.
+    assert re.fullmatch(r"mailgate-dev-gw-[0-9a-f]{6}", run.value("gateway_machine_name"))
     records = run.value("dns_records")
     assert {"name": "mail.example.com", "type": "A", "value": h.PUBLIC_IPV4,
             "note": "the gateway's reserved public IP"} in records
@@ -84,7 +88,7 @@ def test_exports_are_complete_and_filled_from_the_deployed_gateway(dev_raw):
             "note": "the gateway's IPv6"} in run.value("dns_records")
 
 
-def test_no_export_is_secret_or_carries_the_auth_key(dev_raw):
+def test_no_export_is_secret_or_carries_the_auth_key_or_bootstrap_url(dev_raw):
     from tests import pulumi_harness as h
 
     run = run_program(dev_raw)
@@ -93,6 +97,7 @@ def test_no_export_is_secret_or_carries_the_auth_key(dev_raw):
         # A secret-marked export would show as [secret] and be useless to copy into DNS.
         assert export["secret"] is False, name
         assert h.AUTH_KEY not in repr(export["value"]), name
+        assert h.PAR_TOKEN not in repr(export["value"]), name
         assert user_data not in repr(export["value"]), name
 
 

@@ -123,7 +123,9 @@ def content_hash(text: str) -> str:
 
 
 def render_gateway_apply(files: list[RenderedFile], commands: HostCommands = HostCommands(),
-                         wait_for_cloud_init: bool | None = None) -> str:
+                         wait_for_cloud_init: bool | None = None, instance_id: str = "") -> str:
+    """`instance_id`, the VM the script is for, is part of the text so that a new VM makes
+    it a new script, which pulumi-command runs again (an update) on that VM."""
     if wait_for_cloud_init is None:
         wait_for_cloud_init = commands.wait_for_cloud_init
     script_files = [ScriptFile(f.path, f.mode) for f in files]
@@ -132,7 +134,7 @@ def render_gateway_apply(files: list[RenderedFile], commands: HostCommands = Hos
                 if any(f.path == p for f in files)]
     return render_template("scripts/gateway-apply.sh.j2", root=commands.root, commands=commands,
                            files=script_files, firewall_files=firewall,
-                           wait_for_cloud_init=wait_for_cloud_init)
+                           wait_for_cloud_init=wait_for_cloud_init, instance_id=instance_id)
 
 
 def home_touched_paths(settings: Settings) -> list[str]:
