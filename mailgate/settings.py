@@ -220,7 +220,7 @@ class GatewaySettings(Strict):
     availability_domain: str | None = Field(
         None,
         description="Availability domain, e.g. 'Uocm:EU-FRANKFURT-1-AD-1'; empty means the "
-        "first one of the region.",
+        "first one that offers the shape.",
     )
     ssh_public_keys: list[SshPublicKey] = Field(
         min_length=1,
