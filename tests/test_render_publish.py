@@ -54,6 +54,9 @@ def test_policy_lets_only_the_gateway_tag_reach_the_twin_ports(dev_settings):
     assert policy["acls"] == [{
         "action": "accept", "src": ["tag:mailgw"],
         "dst": ["mailgate-home:10025,10465,10587,10143,10993,14190"],
+    }, {
+        # pulumi up reaches the gateway over the tailnet.
+        "action": "accept", "src": ["autogroup:admin"], "dst": ["tag:mailgw:22"],
     }]
     assert policy["hosts"] == {"mailgate-home": "100.64.0.2/32"}
     assert policy["tagOwners"] == {"tag:mailgw": ["autogroup:admin"]}

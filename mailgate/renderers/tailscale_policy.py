@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+from mailgate import catalogue
 from mailgate.settings import Settings
 
 HOME_HOST_ALIAS = "mailgate-home"
@@ -19,7 +20,12 @@ def policy(settings: Settings) -> dict[str, object]:
     home = tags.home_tag or HOME_HOST_ALIAS
     document: dict[str, object] = {
         "tagOwners": {tag: ["autogroup:admin"] for tag in (tags.gateway_tag, tags.home_tag) if tag},
-        "acls": [{"action": "accept", "src": [tags.gateway_tag], "dst": [f"{home}:{ports}"]}],
+        "acls": [
+            {"action": "accept", "src": [tags.gateway_tag], "dst": [f"{home}:{ports}"]},
+            # `pulumi up` configures the gateway over the tailnet, from an admin's machine.
+            {"action": "accept", "src": ["autogroup:admin"],
+             "dst": [f"{tags.gateway_tag}:{catalogue.SSH_PORT}"]},
+        ],
     }
     if not tags.home_tag:
         document["hosts"] = {HOME_HOST_ALIAS: f"{settings.home.tailnet_ip}/32"}
@@ -30,6 +36,7 @@ def render_policy_snippet(settings: Settings) -> str:
     comment = (
         "// mailgate: merge these entries into your tailnet policy file.\n"
         f"// {settings.tailscale.gateway_tag} may reach the Mailcow twin ports at home and nothing else\n"
-        "// there; the home firewall enforces the same rule on its side.\n"
+        "// there; the home firewall enforces the same rule on its side. Admins' machines may\n"
+        "// reach the gateway's SSH port: `pulumi up` configures the gateway over the tailnet.\n"
     )
     return comment + json.dumps(policy(settings), indent=2) + "\n"
