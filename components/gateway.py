@@ -179,9 +179,13 @@ class GatewayHost(pulumi.ComponentResource):
                 # Delete first: a create-before-delete replacement needs twice the
                 # Always Free quota and fails on a full tenancy.
                 delete_before_replace=True,
-                # A looked-up image is used for the first boot only; a newer one must not
-                # rebuild the MX host. A pinned image is followed.
-                ignore_changes=None if gateway.image_id else ["sourceDetails.sourceId"],
+                # Looked-up values are used for the first boot only: a newer image, or a
+                # domain list that answers in another order, must not rebuild the MX host.
+                # Pinned values are followed.
+                ignore_changes=[
+                    *([] if gateway.image_id else ["sourceDetails.sourceId"]),
+                    *([] if gateway.availability_domain else ["availabilityDomain"]),
+                ] or None,
             ),
         )
 

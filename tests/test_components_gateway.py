@@ -211,8 +211,11 @@ def test_no_lts_image_names_the_setting_to_pin():
 
 
 
-def test_a_newer_looked_up_image_does_not_rebuild_but_a_pinned_one_is_followed(dev_raw):
-    assert run_program(dev_raw).options(INSTANCE)["ignore_changes"] == ["sourceDetails.sourceId"]
+def test_looked_up_image_and_domain_do_not_rebuild_but_pinned_ones_are_followed(dev_raw):
+    assert run_program(dev_raw).options(INSTANCE)["ignore_changes"] == [
+        "sourceDetails.sourceId", "availabilityDomain"]
     pinned = copy.deepcopy(dev_raw)
     pinned["gateway"]["imageId"] = h.NEWEST_LTS_IMAGE_ID
+    assert run_program(pinned).options(INSTANCE)["ignore_changes"] == ["availabilityDomain"]
+    pinned["gateway"]["availabilityDomain"] = h.AVAILABILITY_DOMAINS[1]
     assert run_program(pinned).options(INSTANCE)["ignore_changes"] == []
