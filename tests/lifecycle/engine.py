@@ -1,0 +1,373 @@
+"""A model of the Pulumi engine's `up`, `refresh` and `destroy` for one stack, driven by
+the real __main__.py under the SDK's mocks.
+
+The mocks object IS the engine: for each resource the program registers it compares the
+inputs and options with the previous deployment's state, decides same / update /
+replace / create, and performs the step at once through the providers (so a remote
+Command's script runs, over SSH, when the resource registers, and the program receives
+the outputs the engine would hand it). Deletes of replaced and removed resources run
+after the program, in reverse dependency order. Sources, pulumi/pulumi
+pkg/resource/deploy/:
+- step_generator.go generateStepsFromDiff: `replacement_trigger` replaces when old and
+  new are both set and differ (shouldTriggerReplace); otherwise the provider's diff,
+  after processIgnoreChanges has put the OLD value at each ignore_changes path.
+- step_generator.go continueStepsFromDiff: replace when the diff says so; the goal's
+  deleteBeforeReplace picks delete-then-create; otherwise the new resource is created
+  and the old one "pending delete" until the end. A protected resource is never replaced.
+  With delete-before-replace, calculateDependentReplacements first deletes dependents
+  whose properties take a value from it and would be replaced by its change.
+- step_generator.go GenerateDeletes / ScheduleDeletes: after a program that finished
+  without error, resources not registered and pending deletes (also those left by an
+  earlier, failed update) are deleted, dependents before their dependencies.
+- deployment_executor.go: a failed step stops the update; steps not reached keep their
+  old state, a failed update keeps the old inputs, pending deletes stay in the state.
+Diffs, pulumi-go-provider v1.3.0 infer/resource.go diff(): without a CustomDiff (remote.
+Command has none) every changed input is an update, except replaceOnChanges inputs:
+`triggers` (pulumi-command v1.2.1 provider/pkg/provider/common/inputs.go tags it
+`provider:"replaceOnChanges"`, and sdk/python/pulumi_command/remote/command.py hard-codes
+replace_on_changes=["triggers[*]"]). `depends_on` is no input, so never a change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import runpy
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+from google.protobuf import json_format
+from pulumi.runtime import config as runtime_config
+from pulumi.runtime import mocks, settings as runtime_settings
+from pulumi.runtime.stack import wait_for_rpcs
+
+from tests.conftest import ROOT
+from tests.lifecycle.providers import COMMAND, INSTANCE, OBJECT, PAR, PUBLIC_IP, TAILNET_KEY, BUCKET, Providers
+from tests.lifecycle.world import StepFailed
+from tests.pulumi_harness import plain, stack_config
+
+PROJECT = "mailgate"
+
+# Input paths whose change makes the provider answer "replace", per type token.
+REPLACE_ON: dict[str, tuple[str, ...]] = {
+    COMMAND: ("triggers",),
+    # oracle/terraform-provider-oci internal/service/core/core_instance_resource.go:
+    # availability_domain and create_vnic_details.{subnet_id,assign_ipv6ip,private_ip}
+    # are ForceNew; CustomizeDiff ForceNewIfChange("metadata") for ssh_authorized_keys and
+    # user_data. source_details.source_id is NOT: Update() swaps the boot volume in place.
+    INSTANCE: ("availabilityDomain", "metadata.user_data", "metadata.ssh_authorized_keys",
+               "createVnicDetails.subnetId", "createVnicDetails.assignIpv6ip",
+               "createVnicDetails.privateIp"),
+    # core_public_ip_resource.go: lifetime is ForceNew, private_ip_id is updatable.
+    PUBLIC_IP: ("lifetime",),
+    # terraform-provider-tailscale resource_tailnet_key.go: every argument is ForceNew.
+    TAILNET_KEY: ("*",),
+    # objectstorage_object_resource.go: bucket, namespace, content (and its metadata,
+    # content_type, ...) ForceNew; object (the name) is updatable.
+    OBJECT: ("bucket", "namespace", "content", "contentType", "metadata", "cacheControl"),
+    # objectstorage_preauthrequest_resource.go: no Update; every argument ForceNew.
+    PAR: ("*",),
+    # objectstorage_bucket_resource.go: namespace ForceNew; name as the lead's table says.
+    BUCKET: ("namespace", "name"),
+}
+
+
+@dataclass
+class Resource:
+    """One resource in the state file."""
+
+    urn: str
+    type: str
+    name: str
+    inputs: dict
+    id: str = ""
+    outputs: dict = field(default_factory=dict)
+    protect: bool = False
+    delete_before_replace: bool = False
+    ignore_changes: list[str] = field(default_factory=list)
+    replacement_trigger: Any = None
+    dependencies: list[str] = field(default_factory=list)
+    property_dependencies: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class Step:
+    op: str
+    """same, create, update, replace, delete-replaced, delete, refresh-drop"""
+    name: str
+    ok: bool = True
+    error: str = ""
+
+
+@dataclass
+class Result:
+    steps: list[Step]
+    error: str | None
+    exports: dict[str, Any] = field(default_factory=dict)
+
+    def ops(self) -> dict[str, str]:
+        """resource name -> the last step the engine took for it ("same" left out)."""
+        return {s.name: s.op for s in self.steps if s.op != "same"}
+
+
+def changed_paths(old: Any, new: Any, path: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [p for key in sorted(set(old) | set(new))
+                for p in changed_paths(old.get(key), new.get(key), f"{path}.{key}".lstrip("."))]
+    return [] if old == new else [path]
+
+
+def forces_replace(type_: str, path: str) -> bool:
+    rules = REPLACE_ON.get(type_, ())
+    return any(rule == "*" or path == rule or path.startswith(rule + ".") or rule.startswith(path + ".")
+               for rule in rules)
+
+
+def with_ignored(new: dict, old: dict, ignore_changes: list[str]) -> dict:
+    """processIgnoreChanges: each ignored path takes the old value."""
+    result = copy.deepcopy(new)
+    for path in ignore_changes:
+        *parents, leaf = path.split(".")
+        source, target = old, result
+        for part in parents:
+            source, target = (source or {}).get(part), (target or {}).get(part)
+        if isinstance(source, dict) and isinstance(target, dict) and leaf in source:
+            target[leaf] = source[leaf]
+    return result
+
+
+def decide(old: Resource | None, new: Resource) -> str:
+    if old is None:
+        return "create"
+    if old.replacement_trigger is not None and new.replacement_trigger is not None and (
+            old.replacement_trigger != new.replacement_trigger):
+        return "replace"
+    new.inputs = with_ignored(new.inputs, old.inputs, new.ignore_changes)
+    changed = changed_paths(old.inputs, new.inputs)
+    if not changed:
+        return "same"
+    return "replace" if any(forces_replace(new.type, p) for p in changed) else "update"
+
+
+def delete_order(resources: list[Resource]) -> list[Resource]:
+    """Reverse dependency order: nothing is deleted before a resource that depends on it."""
+    remaining, ordered = list(resources), []
+    while remaining:
+        for candidate in remaining:
+            if not any(candidate.urn in other.dependencies for other in remaining if other is not candidate):
+                ordered.append(candidate)
+                remaining.remove(candidate)
+                break
+        else:  # a cycle cannot happen in a real state; keep going rather than hang
+            ordered.extend(reversed(remaining))
+            break
+    return ordered
+
+
+class Engine:
+    """One stack's state and the engine operations on it."""
+
+    def __init__(self, stack: str, providers: Providers) -> None:
+        self.stack = stack
+        self.providers = providers
+        self.resources: dict[str, Resource] = {}
+        self.pending_deletes: list[Resource] = []
+        self._lock = threading.RLock()
+
+    # ---- pulumi up ---------------------------------------------------------------
+    def up(self, raw: dict, secrets: dict[str, str]) -> Result:
+        self._old = dict(self.resources)
+        self._seen: set[str] = set()
+        self._deleted_for_replace: set[str] = set()
+        self._failed: str | None = None
+        self._steps: list[Step] = []
+        exports: dict[str, Any] = {}
+        try:
+            exports = self._run_program(raw, secrets)
+        except Exception as error:  # noqa: BLE001 (the program's error ends the update)
+            self._failed = self._failed or f"{type(error).__name__}: {error}"
+        if self._failed is None:
+            unseen = [r for urn, r in self._old.items() if urn not in self._seen]
+            for resource in unseen:
+                self.resources.pop(resource.urn, None)
+            self._delete(self.pending_deletes + unseen, "delete", pending=True)
+        return Result(self._steps, self._failed, exports)
+
+    def register(self, inputs: dict, options: dict) -> tuple[str, dict]:
+        with self._lock:
+            urn = options["urn"]
+            self._seen.add(urn)
+            new = Resource(urn, options["type"], options["name"], plain(inputs),
+                           protect=options["protect"],
+                           delete_before_replace=options["delete_before_replace"],
+                           ignore_changes=options["ignore_changes"],
+                           replacement_trigger=options["replacement_trigger"],
+                           dependencies=options["dependencies"],
+                           property_dependencies=options["property_dependencies"])
+            if self._failed:
+                raise StepFailed(f"not run: the update stopped at {self._failed}")
+            old = None if urn in self._deleted_for_replace else self._old.get(urn)
+            op = decide(old, new)
+            try:
+                self._perform(op, old, new)
+            except StepFailed as error:
+                self._failed = str(error)
+                self._steps.append(Step(op, new.name, ok=False, error=str(error)))
+                raise
+            self._steps.append(Step(op, new.name))
+            self.resources[urn] = new
+            return new.id, new.outputs
+
+    def _perform(self, op: str, old: Resource | None, new: Resource) -> None:
+        p, stack = self.providers, self.stack
+        if op == "same":
+            new.id, new.outputs = old.id, old.outputs
+        elif op == "create":
+            new.id, new.outputs = p.create(stack, new.type, new.name, new.inputs)
+        elif op == "update":
+            new.id, new.outputs = old.id, p.update(stack, new.type, new.name, old, new.inputs)
+        elif old.protect and new.protect:
+            raise StepFailed(f"unable to replace resource {new.urn} as it is currently marked for protection")
+        elif new.delete_before_replace:
+            self._delete(self._dependent_replacements(old), "delete-replaced")
+            self._delete([old], "delete-replaced")
+            if self._failed:
+                raise StepFailed(self._failed)
+            new.id, new.outputs = p.create(stack, new.type, new.name, new.inputs)
+        else:
+            new.id, new.outputs = p.create(stack, new.type, new.name, new.inputs)
+            self.pending_deletes.append(old)
+
+    def _dependent_replacements(self, root: Resource) -> list[Resource]:
+        """calculateDependentReplacements: dependents that take a value from the replaced
+        set in a property whose change replaces them."""
+        replace_set, found = {root.urn}, []
+        for resource in list(self.resources.values()):
+            keys = [key for key, urns in resource.property_dependencies.items()
+                    if replace_set.intersection(urns)]
+            if resource.urn != root.urn and any(forces_replace(resource.type, key) for key in keys):
+                replace_set.add(resource.urn)
+                found.append(resource)
+                self._deleted_for_replace.add(resource.urn)
+        return found
+
+    def _delete(self, resources: list[Resource], op: str, pending: bool = False) -> None:
+        for resource in delete_order(resources):
+            if self._failed:
+                return
+            try:
+                if resource.protect:
+                    raise StepFailed(f"unable to delete resource {resource.urn} as it is currently "
+                                     "marked for protection")
+                self.providers.delete(self.stack, resource.type, resource.name, resource)
+            except StepFailed as error:
+                self._failed = str(error)
+                self._steps.append(Step(op, resource.name, ok=False, error=str(error)))
+                if resource not in self.pending_deletes:
+                    self.pending_deletes.append(resource)
+                return
+            self._steps.append(Step(op, resource.name))
+            if resource in self.pending_deletes:
+                self.pending_deletes.remove(resource)
+            if self.resources.get(resource.urn) is resource:
+                del self.resources[resource.urn]
+
+    # ---- pulumi refresh / destroy / state unprotect ------------------------------
+    def refresh(self) -> list[str]:
+        """Drop what the providers no longer find (a Command has no Read: kept)."""
+        gone = [r for r in self.resources.values() if not self.providers.exists(r.type, r)]
+        for resource in gone:
+            del self.resources[resource.urn]
+        return [r.name for r in gone]
+
+    def destroy(self) -> Result:
+        self._failed, self._steps = None, []
+        self._delete(list(self.resources.values()) + self.pending_deletes, "delete")
+        return Result(self._steps, self._failed)
+
+    def unprotect(self, name: str) -> None:
+        for resource in self.resources.values():
+            if resource.name == name:
+                resource.protect = False
+
+    def find(self, name: str) -> Resource:
+        return next(r for r in self.resources.values() if r.name == name)
+
+    # ---- running __main__.py under the mocks -------------------------------------
+    def _run_program(self, raw: dict, secrets: dict[str, str]) -> dict[str, Any]:
+        engine_mocks = EngineMocks(self)
+        monitor = EngineMonitor(engine_mocks)
+        config, secret_keys = stack_config(raw, secrets)
+        runtime_config.set_all_config(config, secret_keys)
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        runtime_settings.set_root_resource(None)  # type: ignore[arg-type]
+        pulumi.runtime.set_mocks(engine_mocks, project=PROJECT, stack=self.stack, preview=False,
+                                 monitor=monitor)
+
+        async def go() -> dict[str, Any]:
+            runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+            await wait_for_rpcs()
+            outputs = getattr(runtime_settings.get_root_resource(), "outputs", None) or {}
+            return {k: await pulumi.Output.from_input(v).future() for k, v in outputs.items()}
+
+        try:
+            return loop.run_until_complete(go())
+        except BaseException:
+            try:
+                loop.run_until_complete(wait_for_rpcs())
+            except Exception:  # noqa: BLE001 (the first error is the one to report)
+                pass
+            loop.run_until_complete(_settle_tracked_outputs())
+            raise
+        finally:
+            loop.close()
+            asyncio.set_event_loop(None)
+
+
+async def _settle_tracked_outputs() -> None:
+    """A failed Output stays tracked for program exit in this loop; let it finish."""
+    while True:
+        with runtime_settings.SETTINGS.lock:
+            tasks = list(runtime_settings.SETTINGS.outputs)
+            runtime_settings.SETTINGS.outputs.clear()
+        if not tasks:
+            return
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class EngineMocks(pulumi.runtime.Mocks):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.options: dict[tuple[str, str], dict] = {}
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+        options = self.options.pop((args.typ, args.name))
+        if not options["custom"]:  # a component: no provider, no step
+            return args.name, dict(args.inputs)
+        return self.engine.register(dict(args.inputs), options)
+
+    def call(self, args: pulumi.runtime.MockCallArgs):
+        return self.engine.providers.world.invoke(args.token, plain(dict(args.args)))
+
+
+class EngineMonitor(mocks.MockMonitor):
+    """Hands the options that mocks do not see to EngineMocks, keyed by type and name."""
+
+    def RegisterResource(self, request):  # noqa: N802 (gRPC method name)
+        if request.type != "pulumi:pulumi:Stack":
+            self.mocks.options[(request.type, request.name)] = {
+                "urn": self.make_urn(request.parent, request.type, request.name),
+                "type": request.type, "name": request.name, "custom": request.custom,
+                "protect": request.protect,
+                "delete_before_replace": request.deleteBeforeReplace,
+                "ignore_changes": list(request.ignoreChanges),
+                "replacement_trigger": json_format.MessageToDict(request.replacement_trigger)
+                if request.HasField("replacement_trigger") else None,
+                "dependencies": list(request.dependencies),
+                "property_dependencies": {key: list(value.urns)
+                                          for key, value in request.propertyDependencies.items()},
+            }
+        return super().RegisterResource(request)

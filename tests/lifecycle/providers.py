@@ -1,0 +1,145 @@
+"""What each provider does when the engine asks it to create, update, delete or read a
+resource, acting on the world. Only the resource types mailgate uses.
+
+remote.Command follows pulumi-command v1.2.1 provider/pkg/provider/remote/
+commandController.go: Create runs `create` (nothing when unset); Update runs `update`,
+else `create`, with the NEW inputs (connection, stdin); Delete runs the OLD `delete` with
+the OLD connection and stdin, and returns without connecting when `delete` is unset.
+commandOutputs.go run(): non-empty `stdin` is piped to every script, Delete's too.
+There is no Read: a refresh keeps a Command as it is.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+from tests.lifecycle.world import NAMESPACE, REGION_HOST, StepFailed, World
+
+COMMAND = "command:remote:Command"
+INSTANCE = "oci:Core/instance:Instance"
+PUBLIC_IP = "oci:Core/publicIp:PublicIp"
+TAILNET_KEY = "tailscale:index/tailnetKey:TailnetKey"
+BUCKET = "oci:ObjectStorage/bucket:Bucket"
+PAR = "oci:ObjectStorage/preauthrequest:Preauthrequest"
+OBJECT = "oci:ObjectStorage/storageObject:StorageObject"
+
+
+@dataclass
+class CommandRun:
+    """One script a remote.Command ran: which resource, which script, where, result."""
+
+    name: str
+    script: str
+    host: str
+    ok: bool
+    stdout: str = ""
+    stderr: str = ""
+
+
+class Providers:
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.runs: list[CommandRun] = []
+        self._numbers = itertools.count(1)
+
+    # ---- remote.Command ----------------------------------------------------------
+    def _run(self, name: str, kind: str, inputs: dict, text: str | None) -> dict:
+        if text is None:
+            return {}
+        host, machine = self.world.reach(inputs.get("connection") or {})
+        result = machine.sshd.run(text, inputs.get("stdin") or "")
+        self.runs.append(CommandRun(name, kind, host, result.returncode == 0, result.stdout, result.stderr))
+        if result.returncode != 0:
+            raise StepFailed(f"{name}: {kind} exited {result.returncode} on {host}: {result.stderr.strip()}")
+        return {"stdout": result.stdout.rstrip("\n"), "stderr": result.stderr.rstrip("\n")}
+
+    # ---- the four operations -----------------------------------------------------
+    def create(self, stack: str, type_: str, name: str, inputs: dict) -> tuple[str, dict]:
+        number = next(self._numbers)
+        computed: dict[str, Any] = {}
+        if type_ == COMMAND:
+            computed = self._run(name, "create", inputs, inputs.get("create"))
+            return f"{name}-{number:08x}", {**inputs, **computed}
+        if type_ == INSTANCE:
+            vm = self.world.launch(stack, inputs)
+            return vm.ocid, {**inputs, "id": vm.ocid, "state": "RUNNING"}
+        if type_ == PUBLIC_IP:
+            address = f"203.0.113.{number}"
+            self.world.public_ips[address] = inputs["privateIpId"]
+            return f"ocid1.publicip.mglc{number}", {**inputs, "ipAddress": address}
+        if type_ == TAILNET_KEY:
+            key = self.world.tailnet.mint(inputs)
+            return f"key-{number}", {**inputs, "key": key.key}
+        if type_ == BUCKET:
+            self.world.store.buckets.setdefault(inputs["name"], {})
+            return f"n/{NAMESPACE}/b/{inputs['name']}", dict(inputs)
+        if type_ == PAR:
+            token = f"par-token-{number}"
+            self.world.store.pars[token] = dict(inputs)
+            uri = f"/p/{token}/n/{NAMESPACE}/b/{inputs['bucket']}/o/"
+            return f"n/{NAMESPACE}/b/{inputs['bucket']}/p/{token}", {
+                **inputs, "accessUri": uri, "fullPath": REGION_HOST + uri, "parId": token}
+        if type_ == OBJECT:
+            self._bucket(inputs)[inputs["object"]] = inputs.get("content", "")
+            return f"n/{NAMESPACE}/b/{inputs['bucket']}/o/{inputs['object']}", dict(inputs)
+        return f"ocid1.{type_.rsplit(':', 1)[-1].lower()}.mglc{stack}{number}", dict(inputs)
+
+    def update(self, stack: str, type_: str, name: str, old: Any, inputs: dict) -> dict:
+        if type_ == COMMAND:
+            text = inputs.get("update") or inputs.get("create")
+            # BaseOutputs are carried over; the run replaces stdout/stderr.
+            carried = {k: old.outputs[k] for k in ("stdout", "stderr") if k in old.outputs}
+            return {**inputs, **carried, **self._run(name, "update", inputs, text)}
+        if type_ == INSTANCE:
+            vm = self.world.vms.get(old.id)
+            if vm is None:
+                raise StepFailed(f"{name}: 404 NotAuthorizedOrNotFound: instance {old.id}")
+            if _source(old.inputs) != _source(inputs):
+                # core_instance_resource.go Update(): a new source_id replaces the boot
+                # volume in place (updateOptionsViaWorkRequest); the OCID stays.
+                self.world.replace_boot_volume(vm)
+            return {**inputs, "id": old.id, "state": "RUNNING"}
+        if type_ == PUBLIC_IP:
+            self.world.public_ips[old.outputs["ipAddress"]] = inputs["privateIpId"]
+            return {**inputs, "ipAddress": old.outputs["ipAddress"]}
+        if type_ == OBJECT:  # a new name is a rename (TF Update calls PutObject/rename)
+            objects = self._bucket(inputs)
+            objects[inputs["object"]] = objects.pop(old.inputs["object"], inputs.get("content", ""))
+        return {**old.outputs, **inputs}
+
+    def delete(self, stack: str, type_: str, name: str, old: Any) -> None:
+        if type_ == COMMAND:
+            self._run(name, "delete", old.inputs, old.inputs.get("delete"))
+        elif type_ == INSTANCE:
+            self.world.terminate(old.id)
+        elif type_ == PUBLIC_IP:
+            self.world.public_ips.pop(old.outputs.get("ipAddress"), None)
+        elif type_ == TAILNET_KEY:
+            if key := self.world.tailnet.keys.get(old.outputs.get("key")):
+                key.revoked = True
+        elif type_ == BUCKET:
+            if self.world.store.buckets.get(old.inputs["name"]):
+                raise StepFailed(f"{name}: 409 BucketNotEmpty")
+            self.world.store.buckets.pop(old.inputs["name"], None)
+        elif type_ == PAR:
+            self.world.store.pars.pop(old.outputs.get("parId"), None)
+        elif type_ == OBJECT:
+            self._bucket(old.inputs).pop(old.inputs["object"], None)
+
+    def exists(self, type_: str, old: Any) -> bool:
+        """Read during `pulumi refresh`: False drops the resource from the state."""
+        if type_ == INSTANCE:
+            return old.id in self.world.vms
+        return True
+
+    def _bucket(self, inputs: dict) -> dict[str, str]:
+        bucket = self.world.store.buckets.get(inputs["bucket"])
+        if bucket is None:
+            raise StepFailed(f"404 BucketNotFound: {inputs['bucket']}")
+        return bucket
+
+
+def _source(inputs: dict) -> Any:
+    return (inputs.get("sourceDetails") or {}).get("sourceId")
