@@ -1,0 +1,197 @@
+#!/usr/bin/python3
+"""A stand-in for `docker compose` that keeps Compose's contract on when a container
+reads its configuration. It is not Docker: nothing runs, no image exists.
+
+The contract it keeps (docker/compose `cmd/compose/create.go` recreateStrategy and
+`pkg/compose/restart.go`), per Mailcow directory (the working directory of the call):
+- A container is created with a *definition*: the service definition and environment,
+  here the bytes of docker-compose.yml, docker-compose.override.yml and mailcow.conf
+  (Mailcow's .env) as they were at create. It reads its bind-mounted files
+  (MOUNTED_FILES) when it starts, and never again while it runs.
+- `compose up -d [--force-recreate] [S...]` creates S if it does not exist and
+  recreates it only if its definition differs from the files now (always with
+  --force-recreate). Creating reads the mounted files; an unchanged S is left alone,
+  even if its mounted files changed. Without S: every service it knows.
+- `compose restart [S...]` restarts existing containers: they read the mounted files
+  again, keep their definition. A container that was never created is not started.
+- `compose config -q` and `compose exec ...` succeed (exec does not check that the
+  container runs). Anything else is refused, so a misspelt command fails loudly.
+- Coarser than Compose: Compose compares each service's resolved definition, so a
+  mailcow.conf change that no variable of S uses leaves S alone; here it recreates S.
+
+Every call is logged, and a call whose arguments contain the text in `<script>.fail`
+fails before it changes anything. State lives next to the script, never in the
+Mailcow tree (tests compare that tree byte for byte).
+
+Use it from tests through FakeDocker; the sshd runs the installed copy as a program.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFINITION_FILES = ("docker-compose.yml", "docker-compose.override.yml", "mailcow.conf")
+MOUNTED_FILES = {
+    "postfix-mailcow": ("data/conf/postfix/extra.cf", "data/conf/postfix/mailgate_relay_passwd"),
+    "dovecot-mailcow": ("data/conf/dovecot/extra.conf",),
+}
+
+
+def _digest(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def _definition(mailcow_dir: Path) -> str:
+    parts = [f"{name}:{_digest(mailcow_dir / name)}" for name in DEFINITION_FILES]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def _mounts(mailcow_dir: Path, name: str) -> dict[str, str | None]:
+    return {relative: _digest(mailcow_dir / relative) for relative in MOUNTED_FILES.get(name, ())}
+
+
+@contextmanager
+def _state(script: Path):
+    """The state of every Mailcow directory, {cwd: {container: record}}, under a lock."""
+    state_file = Path(f"{script}.state.json")
+    with open(f"{script}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        state = json.loads(state_file.read_text()) if state_file.exists() else {}
+        yield state
+        temporary = Path(f"{state_file}.new")
+        temporary.write_text(json.dumps(state, indent=1, sort_keys=True))
+        temporary.replace(state_file)
+
+
+def _start(record: dict, mailcow_dir: Path, name: str) -> None:
+    record["mounts"] = _mounts(mailcow_dir, name)
+
+
+def _services(args: list[str]) -> list[str]:
+    """The service names among `up`/`restart` arguments (skipping -t/--timeout's value)."""
+    names, skip = [], False
+    for arg in args:
+        if not skip and not arg.startswith("-"):
+            names.append(arg)
+        skip = arg in ("-t", "--timeout")
+    return names
+
+
+def _up(containers: dict, mailcow_dir: Path, args: list[str]) -> None:
+    force = "--force-recreate" in args
+    services = _services(args) or sorted(set(containers) | set(MOUNTED_FILES))
+    definition = _definition(mailcow_dir)
+    for name in services:
+        record = containers.get(name)
+        if record is None:
+            record = containers[name] = {"recreations": 0, "restarts": 0}
+        elif force or record["definition"] != definition:
+            record["recreations"] += 1
+        else:
+            continue
+        record["definition"] = definition
+        _start(record, mailcow_dir, name)
+
+
+def _restart(containers: dict, mailcow_dir: Path, args: list[str]) -> None:
+    for name in _services(args) or sorted(containers):
+        if name in containers:
+            containers[name]["restarts"] += 1
+            _start(containers[name], mailcow_dir, name)
+
+
+def main(argv: list[str]) -> int:
+    script = Path(__file__).resolve()
+    cwd = os.path.realpath(os.getcwd())
+    with open(f"{script}.log", "a") as log:
+        log.write(json.dumps({"cwd": cwd, "args": argv}) + "\n")
+    fail_file = Path(f"{script}.fail")
+    if fail_file.exists() and fail_file.read_text() in " ".join(argv):
+        print("fake docker: failing as told", file=sys.stderr)
+        return 1
+    if argv[:1] != ["compose"] or len(argv) < 2:
+        print(f"fake docker: unsupported call: {' '.join(argv)}", file=sys.stderr)
+        return 2
+    command, args = argv[1], argv[2:]
+    if command in ("config", "exec"):
+        return 0
+    if command not in ("up", "restart"):
+        print(f"fake docker: unsupported compose command: {command}", file=sys.stderr)
+        return 2
+    if command == "up" and "-d" not in args and "--detach" not in args:
+        print("fake docker: `up` without -d would attach and never return", file=sys.stderr)
+        return 2
+    with _state(script) as state:
+        containers = state.setdefault(cwd, {})
+        (_up if command == "up" else _restart)(containers, Path(cwd), args)
+    return 0
+
+
+@dataclass(frozen=True)
+class Container:
+    created: bool
+    recreations: int
+    restarts: int
+
+
+class FakeDocker:
+    """The stand-in installed as an executable at `path` (pass str(path) as `docker`)."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(__file__, self.path)
+        self.path.chmod(0o755)
+
+    def _records(self, mailcow_dir: Path | str) -> dict:
+        state_file = Path(f"{self.path.resolve()}.state.json")
+        state = json.loads(state_file.read_text()) if state_file.exists() else {}
+        return state.get(os.path.realpath(mailcow_dir), {})
+
+    def calls(self, mailcow_dir: Path | str | None = None) -> list[str]:
+        """Each call's arguments joined by spaces ("compose up -d postfix-mailcow"),
+        oldest first; only those made in mailcow_dir if given."""
+        log = Path(f"{self.path.resolve()}.log")
+        entries = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        wanted = os.path.realpath(mailcow_dir) if mailcow_dir is not None else None
+        return [" ".join(e["args"]) for e in entries if wanted is None or e["cwd"] == wanted]
+
+    def container(self, mailcow_dir: Path | str, name: str) -> Container:
+        record = self._records(mailcow_dir).get(name)
+        if record is None:
+            return Container(created=False, recreations=0, restarts=0)
+        return Container(created=True, recreations=record["recreations"], restarts=record["restarts"])
+
+    def serves(self, mailcow_dir: Path | str, name: str) -> bool:
+        """True when the container runs with the definition and mounted files on disk now."""
+        record = self._records(mailcow_dir).get(name)
+        directory = Path(os.path.realpath(mailcow_dir))
+        return (record is not None and record["definition"] == _definition(directory)
+                and record["mounts"] == _mounts(directory, name))
+
+    def fail_on(self, text: str | None) -> None:
+        """Fail every later call whose arguments contain `text`; None: fail nothing."""
+        fail_file = Path(f"{self.path}.fail")
+        if text is None:
+            fail_file.unlink(missing_ok=True)
+        else:
+            fail_file.write_text(text)
+
+    def compose(self, mailcow_dir: Path | str, *args: str) -> subprocess.CompletedProcess:
+        """Run `docker compose ARGS` in mailcow_dir, as the scripts do (e.g. to start a
+        Mailcow that was running before mailgate)."""
+        return subprocess.run([str(self.path), "compose", *args], cwd=mailcow_dir,
+                              capture_output=True, text=True, check=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
