@@ -287,10 +287,10 @@ class Engine:
         self._delete(list(self.resources.values()) + self.pending_deletes, "delete")
         return Result(self._steps, self._failed)
 
-    def unprotect(self, name: str) -> None:
+    def unprotect_all(self) -> None:
+        """`pulumi state unprotect --all --yes`."""
         for resource in self.resources.values():
-            if resource.name == name:
-                resource.protect = False
+            resource.protect = False
 
     def find(self, name: str) -> Resource:
         return next(r for r in self.resources.values() if r.name == name)

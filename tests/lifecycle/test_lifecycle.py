@@ -9,6 +9,7 @@ from tests.lifecycle.hosts import GATEWAY_NGINX
 APPLY, SNAPSHOT, GATEWAY = "home-config-apply", "home-config-snapshot", "gateway-config-apply"
 RELAY_MAP = "data/conf/postfix/mailgate_relay_passwd"
 MAIL_CONTAINERS = ("postfix-mailcow", "dovecot-mailcow")
+MAILCOW_DIR = "/opt/mailcow-dockerized"
 
 
 def assert_ok(result, lab):
@@ -113,3 +114,103 @@ def test_vm_gone_after_refresh_comes_back_configured(lab):
     assert_ok(up(lab), lab)
     assert_gateway_serves(lab)
     assert_reached_current_vm(lab, lab.last)
+
+
+def test_a_service_removed_and_added_back(lab):
+    assert_ok(up(lab), lab)
+    services = lab.raw["dev"]["services"]
+    lab.raw["dev"]["services"] = [s for s in services if s != "imaps"]
+    assert_ok(up(lab), lab)
+    assert_gateway_serves(lab)
+    assert "993" not in lab.vm().machine.firewall() and not lab.vm().machine.listening(993)
+    lab.raw["dev"]["services"] = services
+    assert_ok(up(lab), lab)
+    assert_gateway_serves(lab)
+    assert lab.vm().machine.listening(993)
+    assert_home_serves(lab, "xsmtpsib-first-relay-key")
+
+
+def test_relay_host_change_reaches_postfix_only(lab):
+    assert_ok(up(lab), lab)
+    dovecot = lab.home.docker.container(lab.mailcow(), "dovecot-mailcow")
+    lab.raw["dev"]["relay"]["host"] = "smtp.other-relay.example.net"
+    assert_ok(up(lab), lab)
+    assert lab.ran() == [(APPLY, "update")]
+    assert "smtp.other-relay.example.net" in (lab.mailcow() / "data/conf/postfix/extra.cf").read_text()
+    assert_home_serves(lab, "xsmtpsib-first-relay-key")
+    assert lab.home.docker.container(lab.mailcow(), "dovecot-mailcow") == dovecot
+
+
+def test_gateway_tailnet_address_change_reaches_home(lab):
+    assert_ok(up(lab), lab)
+    device = lab.vm().devices[-1]
+    old_address, device.address = device.address, "100.64.7.77"  # edited in the admin console
+    assert_ok(up(lab), lab)
+    assert lab.last.exports["gateway_tailnet_ip"] == "100.64.7.77"
+    assert (APPLY, "update") in lab.ran()
+    chain = lab.home.firewall()
+    assert "-s 100.64.7.77/32" in chain and f"-s {old_address}/32" not in chain
+    assert "100.64.7.77" in (lab.mailcow() / "data/conf/dovecot/extra.conf").read_text()
+    assert_home_serves(lab, "xsmtpsib-first-relay-key")
+    assert_gateway_serves(lab)
+
+
+def test_failed_home_validation_keeps_the_old_config_and_the_next_up_succeeds(lab):
+    assert_ok(up(lab), lab)
+    mailcow_before = lab.home.tree(str(MAILCOW_DIR))
+    lab.raw["dev"]["relay"]["port"] = 2525
+    lab.home.docker.fail_on("doveconf")
+    failed = up(lab)
+    assert failed.error and "doveconf refused" in failed.error
+    assert lab.home.tree(str(MAILCOW_DIR)) == mailcow_before
+    assert_home_serves(lab, "xsmtpsib-first-relay-key")
+    lab.home.docker.fail_on(None)
+    assert_ok(up(lab), lab)
+    assert lab.ran() == [(APPLY, "update")]
+    assert ":2525" in (lab.mailcow() / "data/conf/postfix/extra.cf").read_text()
+    assert_home_serves(lab, "xsmtpsib-first-relay-key")
+
+
+def test_destroy_after_updates_restores_home_byte_for_byte(lab):
+    home_before = lab.home.tree()
+    assert_ok(up(lab), lab)
+    lab.secrets["dev"]["relayPassword"] = "xsmtpsib-rotated-relay-key"
+    assert_ok(up(lab), lab)
+    lab.raw["dev"]["services"] = ["smtp", "submission", "imaps"]
+    assert_ok(up(lab), lab)
+    lab.world.terminate(lab.vm().ocid)  # the VM is already gone
+    lab.engines["dev"].unprotect_all()  # the README: state unprotect --all, then destroy
+    result = lab.destroy()
+    assert_ok(result, lab)
+    assert lab.home.tree() == home_before
+    assert "MAILGATE-TWIN" not in lab.home.firewall()
+    for container in MAIL_CONTAINERS:
+        assert lab.home.docker.serves(lab.mailcow(), container)
+    assert lab.engines["dev"].resources == {} and lab.engines["dev"].pending_deletes == []
+    assert [name for name, _ in lab.ran()] == [APPLY]  # the gateway step has no delete
+
+
+def test_two_stacks_share_a_tailnet_and_a_home_without_touching_each_other(lab):
+    assert_ok(up(lab, "dev"), lab)
+    dev_home = lab.home.tree(str(MAILCOW_DIR)) | lab.home.tree("/var/lib/mailgate/dev")
+    prod_before = lab.home.tree(lab.raw["prod"]["home"]["mailcowDir"])
+    assert_ok(up(lab, "prod"), lab)
+    assert lab.home.tree(str(MAILCOW_DIR)) | lab.home.tree("/var/lib/mailgate/dev") == dev_home
+    assert lab.vm("dev").ocid != lab.vm("prod").ocid
+    names = {stack: lab.vm(stack).devices[-1].hostname for stack in ("dev", "prod")}
+    assert names["dev"] != names["prod"] and all(stack in names[stack] for stack in names)
+    assert lab.last.exports["gateway_tailnet_ip"] == lab.vm("prod").devices[-1].address
+    assert set(lab.world.store.buckets) == {"mailgate-dev-bootstrap", "mailgate-prod-bootstrap"}
+    firewall = lab.home.firewall()
+    assert "-A DOCKER-USER -j MAILGATE-TWIN-dev" in firewall
+    assert "-A DOCKER-USER -j MAILGATE-TWIN-prod" in firewall
+    for stack in ("dev", "prod"):
+        assert_gateway_serves(lab, stack)
+        assert_home_serves(lab, "xsmtpsib-first-relay-key", stack)
+    lab.engines["prod"].unprotect_all()
+    assert_ok(lab.destroy("prod"), lab)
+    assert lab.home.tree(lab.raw["prod"]["home"]["mailcowDir"]) == prod_before
+    assert "MAILGATE-TWIN-prod" not in lab.home.firewall()
+    assert "-A DOCKER-USER -j MAILGATE-TWIN-dev" in lab.home.firewall()
+    assert_home_serves(lab, "xsmtpsib-first-relay-key", "dev")
+    assert_gateway_serves(lab, "dev")
