@@ -30,25 +30,15 @@ replace_on_changes=["triggers[*]"]). `depends_on` is no input, so never a change
 
 from __future__ import annotations
 
-import asyncio
 import copy
-import runpy
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-import pulumi
-from google.protobuf import json_format
-from pulumi.runtime import config as runtime_config
-from pulumi.runtime import mocks, settings as runtime_settings
-from pulumi.runtime.stack import wait_for_rpcs
-
-from tests.conftest import ROOT
-from tests.lifecycle.providers import COMMAND, INSTANCE, OBJECT, PAR, PUBLIC_IP, TAILNET_KEY, BUCKET, Providers
+from tests.lifecycle.program import run_program
+from tests.lifecycle.providers import BUCKET, COMMAND, INSTANCE, OBJECT, PAR, PUBLIC_IP, TAILNET_KEY, Providers
 from tests.lifecycle.world import StepFailed
-from tests.pulumi_harness import plain, stack_config
-
-PROJECT = "mailgate"
+from tests.pulumi_harness import plain
 
 # Input paths whose change makes the provider answer "replace", per type token.
 REPLACE_ON: dict[str, tuple[str, ...]] = {
@@ -185,7 +175,7 @@ class Engine:
         self._steps: list[Step] = []
         exports: dict[str, Any] = {}
         try:
-            exports = self._run_program(raw, secrets)
+            exports = run_program(self, raw, secrets)
         except Exception as error:  # noqa: BLE001 (the program's error ends the update)
             self._failed = self._failed or f"{type(error).__name__}: {error}"
         if self._failed is None:
@@ -294,80 +284,3 @@ class Engine:
 
     def find(self, name: str) -> Resource:
         return next(r for r in self.resources.values() if r.name == name)
-
-    # ---- running __main__.py under the mocks -------------------------------------
-    def _run_program(self, raw: dict, secrets: dict[str, str]) -> dict[str, Any]:
-        engine_mocks = EngineMocks(self)
-        monitor = EngineMonitor(engine_mocks)
-        config, secret_keys = stack_config(raw, secrets)
-        runtime_config.set_all_config(config, secret_keys)
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        runtime_settings.set_root_resource(None)  # type: ignore[arg-type]
-        pulumi.runtime.set_mocks(engine_mocks, project=PROJECT, stack=self.stack, preview=False,
-                                 monitor=monitor)
-
-        async def go() -> dict[str, Any]:
-            runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
-            await wait_for_rpcs()
-            outputs = getattr(runtime_settings.get_root_resource(), "outputs", None) or {}
-            return {k: await pulumi.Output.from_input(v).future() for k, v in outputs.items()}
-
-        try:
-            return loop.run_until_complete(go())
-        except BaseException:
-            try:
-                loop.run_until_complete(wait_for_rpcs())
-            except Exception:  # noqa: BLE001 (the first error is the one to report)
-                pass
-            loop.run_until_complete(_settle_tracked_outputs())
-            raise
-        finally:
-            loop.close()
-            asyncio.set_event_loop(None)
-
-
-async def _settle_tracked_outputs() -> None:
-    """A failed Output stays tracked for program exit in this loop; let it finish."""
-    while True:
-        with runtime_settings.SETTINGS.lock:
-            tasks = list(runtime_settings.SETTINGS.outputs)
-            runtime_settings.SETTINGS.outputs.clear()
-        if not tasks:
-            return
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-class EngineMocks(pulumi.runtime.Mocks):
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.options: dict[tuple[str, str], dict] = {}
-
-    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
-        options = self.options.pop((args.typ, args.name))
-        if not options["custom"]:  # a component: no provider, no step
-            return args.name, dict(args.inputs)
-        return self.engine.register(dict(args.inputs), options)
-
-    def call(self, args: pulumi.runtime.MockCallArgs):
-        return self.engine.providers.world.invoke(args.token, plain(dict(args.args)))
-
-
-class EngineMonitor(mocks.MockMonitor):
-    """Hands the options that mocks do not see to EngineMocks, keyed by type and name."""
-
-    def RegisterResource(self, request):  # noqa: N802 (gRPC method name)
-        if request.type != "pulumi:pulumi:Stack":
-            self.mocks.options[(request.type, request.name)] = {
-                "urn": self.make_urn(request.parent, request.type, request.name),
-                "type": request.type, "name": request.name, "custom": request.custom,
-                "protect": request.protect,
-                "delete_before_replace": request.deleteBeforeReplace,
-                "ignore_changes": list(request.ignoreChanges),
-                "replacement_trigger": json_format.MessageToDict(request.replacement_trigger)
-                if request.HasField("replacement_trigger") else None,
-                "dependencies": list(request.dependencies),
-                "property_dependencies": {key: list(value.urns)
-                                          for key, value in request.propertyDependencies.items()},
-            }
-        return super().RegisterResource(request)

@@ -82,7 +82,9 @@ def assert_reached_current_vm(lab, result, stack="dev"):
 
 
 def test_new_pinned_image_gives_a_configured_gateway(lab):
-    """An image change is an in-place boot volume replacement (same OCID, fresh disk)."""
+    """A new image is an in-place boot volume replacement (core_instance_resource.go:
+    source_id is updatable, Update() swaps the boot volume): the OCID stays, the disk is
+    fresh and runs cloud-init again, so it needs a valid unused key and a new config."""
     assert_ok(up(lab), lab)
     lab.world.clock.advance(hours=3)
     lab.raw["dev"]["gateway"]["imageId"] = "ocid1.image.oc1.eu-frankfurt-1.ubuntu2404next"
