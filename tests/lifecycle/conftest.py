@@ -14,12 +14,8 @@ from mailgate.settings import load_settings
 from tests.lifecycle.engine import Engine, Result
 from tests.lifecycle.hosts import GATEWAY_COMMANDS, GATEWAY_NGINX, HomeMachine
 from tests.lifecycle.providers import CommandRun, Providers
-from tests.lifecycle.world import World, Vm
-
-try:
-    from tests.fake_docker import FakeDocker
-except ImportError:  # pragma: no cover (lands with the home-effects work)
-    FakeDocker = None
+from tests.fake_docker import FakeDocker
+from tests.lifecycle.world import Vm, World
 
 MAILCOW_DIRS = {"dev": "/opt/mailcow-dockerized", "prod": "/opt/mailcow-prod"}
 RELAY_PASSWORD = "xsmtpsib-first-relay-key"
