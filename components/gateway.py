@@ -179,6 +179,10 @@ class GatewayHost(pulumi.ComponentResource):
                 # Delete first: a create-before-delete replacement needs twice the
                 # Always Free quota and fails on a full tenancy.
                 delete_before_replace=True,
+                # Oracle swaps the boot volume of the SAME instance for a new image (the
+                # provider updates source_id in place): a fresh disk would boot with the
+                # old VM's spent key under the old machine name. A new image is a new VM.
+                replace_on_changes=["sourceDetails.sourceId"],
                 # Looked-up values are used for the first boot only: a newer image, or a
                 # domain list that answers in another order, must not rebuild the MX host.
                 # Pinned values are followed.

@@ -77,6 +77,7 @@ class Resource:
     protect: bool = False
     delete_before_replace: bool = False
     ignore_changes: list[str] = field(default_factory=list)
+    replace_on_changes: list[str] = field(default_factory=list)
     replacement_trigger: Any = None
     dependencies: list[str] = field(default_factory=list)
     property_dependencies: dict[str, list[str]] = field(default_factory=dict)
@@ -138,7 +139,11 @@ def decide(old: Resource | None, new: Resource) -> str:
     changed = changed_paths(old.inputs, new.inputs)
     if not changed:
         return "same"
-    return "replace" if any(forces_replace(new.type, p) for p in changed) else "update"
+    # The replace_on_changes option turns a change at those paths into a replace whatever
+    # the provider says (step_generator.go, applyReplaceOnChanges).
+    by_option = [p for p in changed
+                 if any(p == rule or p.startswith(rule + ".") for rule in new.replace_on_changes)]
+    return "replace" if by_option or any(forces_replace(new.type, p) for p in changed) else "update"
 
 
 def delete_order(resources: list[Resource]) -> list[Resource]:
@@ -193,6 +198,7 @@ class Engine:
                            protect=options["protect"],
                            delete_before_replace=options["delete_before_replace"],
                            ignore_changes=options["ignore_changes"],
+                           replace_on_changes=options["replace_on_changes"],
                            replacement_trigger=options["replacement_trigger"],
                            dependencies=options["dependencies"],
                            property_dependencies=options["property_dependencies"])

@@ -91,6 +91,7 @@ class EngineMonitor(mocks.MockMonitor):
                 "protect": request.protect,
                 "delete_before_replace": request.deleteBeforeReplace,
                 "ignore_changes": list(request.ignoreChanges),
+                "replace_on_changes": list(request.replaceOnChanges),
                 "replacement_trigger": json_format.MessageToDict(request.replacement_trigger)
                 if request.HasField("replacement_trigger") else None,
                 "dependencies": list(request.dependencies),
