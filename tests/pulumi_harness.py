@@ -277,6 +277,13 @@ def run_program(
     secrets = {"relayPassword": "relay-secret-for-tests"} if secrets is None else secrets
     recorder = recorder or RecordingMocks()
     monitor = RecordingMonitor(recorder)
+    exports = execute(recorder, monitor, raw, secrets, STACK, program)
+    return Run(recorder.resources, recorder.invokes, exports, monitor, recorder.events)
+
+
+def execute(mocks_: pulumi.runtime.Mocks, monitor: mocks.MockMonitor, raw: dict[str, Any],
+            secrets: dict[str, str], stack: str, program=None) -> dict[str, Any]:
+    """Run the program once under `mocks_` in a loop of its own; the resolved exports."""
     config, secret_keys = stack_config(raw, secrets)
     runtime_config.set_all_config(config, secret_keys)
     # The root Stack that set_mocks creates belongs to the current event loop.
@@ -284,7 +291,7 @@ def run_program(
     asyncio.set_event_loop(loop)
     # set_mocks reuses an existing root Stack, and with it the previous run's exports.
     runtime_settings.set_root_resource(None)  # type: ignore[arg-type]
-    pulumi.runtime.set_mocks(recorder, project=PROJECT, stack=STACK, preview=False, monitor=monitor)
+    pulumi.runtime.set_mocks(mocks_, project=PROJECT, stack=stack, preview=False, monitor=monitor)
 
     async def go() -> None:
         if program is None:
@@ -295,7 +302,7 @@ def run_program(
 
     try:
         loop.run_until_complete(go())
-        exports = loop.run_until_complete(_resolved_exports())
+        return loop.run_until_complete(_resolved_exports())
     except BaseException as error:
         # Let the work the program had started (the root Stack's registration, at
         # least) finish in this loop; left pending, it breaks the next run.
@@ -314,7 +321,6 @@ def run_program(
     finally:
         loop.close()
         asyncio.set_event_loop(None)
-    return Run(recorder.resources, recorder.invokes, exports, monitor, recorder.events)
 
 
 async def _settle_tracked_outputs() -> None:

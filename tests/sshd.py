@@ -38,7 +38,8 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_sshd(directory: Path) -> Sshd:
+def start_sshd(directory: Path, env: dict[str, str] | None = None) -> Sshd:
+    """`env`: environment for every session it starts (sshd's SetEnv)."""
     need_root()
     sshd = need_program("sshd")
     need_program("ssh")
@@ -54,6 +55,8 @@ def start_sshd(directory: Path) -> Sshd:
         f"PidFile {directory / 'sshd.pid'}\nAuthorizedKeysFile {directory / 'authorized_keys'}\n"
         "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
         "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nLogLevel VERBOSE\n"
+        # One SetEnv line: sshd keeps the first of repeated keywords.
+        + ("SetEnv " + " ".join(f"{k}={v}" for k, v in env.items()) + "\n" if env else "")
     )
     Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
     log = directory / "sshd.log"

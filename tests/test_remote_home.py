@@ -202,6 +202,26 @@ def test_new_gateway_tailnet_ip_restarts_dovecot_and_moves_the_firewall(home):
     assert "-s 100.64.0.9/32" in home.netns.run(["iptables-save"]).stdout
 
 
+def test_a_failure_after_the_firewall_loaded_puts_the_previous_chain_back(home):
+    assert home.apply().returncode == 0
+    chain = home.settings.names.home_twin_chain
+    rules = lambda: [line for line in home.netns.run(["iptables-save"]).stdout.splitlines()  # noqa: E731
+                     if line.startswith(f"-A {chain}")]
+    before = rules()
+    # The new gateway address is loaded into the chain, then restarting dovecot fails.
+    result = home.apply(gateway_tailnet_ip="100.64.0.9", fail_on=f"restart {DOVECOT}")
+    assert result.returncode == 1
+    assert rules() == before and "100.64.0.9" not in "\n".join(rules())
+    assert home.chain_hooked()
+
+
+def test_a_failed_first_apply_leaves_no_chain_behind(home):
+    result = home.apply(fail_on="up -d")
+    assert result.returncode == 1
+    saved = home.netns.run(["iptables-save"]).stdout
+    assert home.settings.names.home_twin_chain not in saved
+
+
 def test_removed_service_recreates_the_containers(home, dev_raw):
     assert home.apply().returncode == 0
     before = {name: home.container(name) for name in (POSTFIX, DOVECOT)}

@@ -3,22 +3,21 @@
 Each machine is a root directory, a network namespace and its own sshd. The deployed
 scripts are rendered once per program run for whichever machine a connection selects,
 so a gateway's sshd hands them the machine's root and namespace in the environment
-(`SetEnv`), and GATEWAY_COMMANDS refers to those variables. Processes are stopped by
+(sshd's `SetEnv`, see tests/sshd.py), and GATEWAY_COMMANDS refers to those variables. Processes are stopped by
 PID (nginx by its pid file, sshd by Popen), never by name.
 """
 
 from __future__ import annotations
 
 import hashlib
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 from mailgate.renderers.nginx import NginxRuntime
 from mailgate.renderers.remote_scripts import HostCommands
-from tests.conftest import need_program, need_root
-from tests.sshd import Sshd, _free_port
+from tests.conftest import need_program
+from tests.sshd import start_sshd
 from tests.validators import Netns
 
 IN_NETNS = 'ip netns exec "$MGLC_NETNS" '
@@ -40,39 +39,6 @@ STOCK_NGINX_CONF = (
     "http {\n  access_log off;\n  server {\n    listen 80 default_server;\n  }\n}\n"
 )
 PROBE = "import socket,sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=2).close()"
-
-
-def start_sshd(directory: Path, env: dict[str, str] | None = None) -> Sshd:
-    """tests/sshd.py's throwaway sshd, plus environment for the sessions it starts."""
-    need_root()
-    sshd = need_program("sshd")
-    need_program("ssh")
-    directory.mkdir(parents=True, exist_ok=True)
-    for name in ("host", "client"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(directory / name)],
-                       check=True)
-    (directory / "authorized_keys").write_text((directory / "client.pub").read_text())
-    port = _free_port()
-    # One SetEnv line: sshd keeps the first of repeated keywords.
-    setenv = ("SetEnv " + " ".join(f"{k}={v}" for k, v in env.items()) + "\n") if env else ""
-    config = directory / "sshd_config"
-    config.write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {directory / 'host'}\n"
-        f"PidFile {directory / 'sshd.pid'}\nAuthorizedKeysFile {directory / 'authorized_keys'}\n"
-        "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
-        "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nLogLevel VERBOSE\n" + setenv
-    )
-    Path("/run/sshd").mkdir(exist_ok=True)
-    log = directory / "sshd.log"
-    process = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL,
-                               stderr=log.open("w"))
-    for _ in range(50):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    return Sshd(port, directory / "client", log, process)
 
 
 def _check(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:

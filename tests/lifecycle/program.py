@@ -5,64 +5,20 @@ which asks the engine for each resource's outputs and the world for each invoke.
 
 from __future__ import annotations
 
-import asyncio
-import runpy
 from typing import Any
 
 import pulumi
 from google.protobuf import json_format
-from pulumi.runtime import config as runtime_config
-from pulumi.runtime import mocks, settings as runtime_settings
-from pulumi.runtime.stack import wait_for_rpcs
+from pulumi.runtime import mocks
 
-from tests.conftest import ROOT
-from tests.pulumi_harness import plain, stack_config
-
-PROJECT = "mailgate"
+from tests.pulumi_harness import execute, plain
 
 
 def run_program(engine, raw: dict, secrets: dict[str, str]) -> dict[str, Any]:
+    """The real __main__.py once, with the engine deciding every step; the exports."""
     engine_mocks = EngineMocks(engine)
-    monitor = EngineMonitor(engine_mocks)
-    config, secret_keys = stack_config(raw, secrets)
-    runtime_config.set_all_config(config, secret_keys)
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    runtime_settings.set_root_resource(None)  # type: ignore[arg-type]
-    pulumi.runtime.set_mocks(engine_mocks, project=PROJECT, stack=engine.stack, preview=False,
-                             monitor=monitor)
-
-    async def go() -> dict[str, Any]:
-        runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
-        await wait_for_rpcs()
-        outputs = getattr(runtime_settings.get_root_resource(), "outputs", None) or {}
-        return {k: await pulumi.Output.from_input(v).future() for k, v in outputs.items()}
-
-    try:
-        return loop.run_until_complete(go())
-    except BaseException:
-        try:
-            loop.run_until_complete(wait_for_rpcs())
-        except Exception:  # noqa: BLE001 (the first error is the one to report)
-            pass
-        loop.run_until_complete(_settle_tracked_outputs())
-        raise
-    finally:
-        loop.close()
-        asyncio.set_event_loop(None)
-
-
-
-
-async def _settle_tracked_outputs() -> None:
-    """A failed Output stays tracked for program exit in this loop; let it finish."""
-    while True:
-        with runtime_settings.SETTINGS.lock:
-            tasks = list(runtime_settings.SETTINGS.outputs)
-            runtime_settings.SETTINGS.outputs.clear()
-        if not tasks:
-            return
-        await asyncio.gather(*tasks, return_exceptions=True)
+    exports = execute(engine_mocks, EngineMonitor(engine_mocks), raw, secrets, engine.stack)
+    return {name: export["value"] for name, export in exports.items()}
 
 
 class EngineMocks(pulumi.runtime.Mocks):

@@ -82,17 +82,33 @@ def assert_reached_current_vm(lab, result, stack="dev"):
 
 
 def test_new_pinned_image_gives_a_configured_gateway(lab):
-    """A new image is an in-place boot volume replacement (core_instance_resource.go:
-    source_id is updatable, Update() swaps the boot volume): the OCID stays, the disk is
-    fresh and runs cloud-init again, so it needs a valid unused key and a new config."""
+    """The provider would swap the boot volume in place for a new image
+    (core_instance_resource.go: source_id is updatable): same OCID, so the same spent key
+    and machine name on a fresh disk. mailgate asks for a replacement instead."""
     assert_ok(up(lab), lab)
+    first = lab.vm().ocid
     lab.world.clock.advance(hours=3)
     lab.raw["dev"]["gateway"]["imageId"] = "ocid1.image.oc1.eu-frankfurt-1.ubuntu2404next"
     admin_cidrs = list(lab.raw["dev"]["gateway"].get("adminCidrs", []))
     assert_ok(up(lab), lab)
     assert lab.raw["dev"]["gateway"].get("adminCidrs", []) == admin_cidrs
+    assert lab.last.ops().get("gateway-instance") == "replace" and lab.vm().ocid != first
     assert_gateway_serves(lab)
     assert_reached_current_vm(lab, lab.last)
+
+
+def test_a_launch_retried_a_day_after_out_of_host_capacity_joins_with_a_fresh_key(lab):
+    lab.world.out_of_capacity = True
+    failed = up(lab)
+    assert failed.error and "Out of host capacity" in failed.error
+    # Nothing reached a gateway or changed the home (the snapshot only reads it).
+    assert set(lab.ran()) <= {(SNAPSHOT, "create")} and not lab.world.vms
+    lab.world.clock.advance(hours=30)
+    lab.world.out_of_capacity = False
+    assert_ok(up(lab), lab)
+    assert_gateway_serves(lab)
+    assert_reached_current_vm(lab, lab.last)
+    assert_home_serves(lab, "xsmtpsib-first-relay-key")
 
 
 def test_replaced_vm_is_configured_and_joins_with_a_fresh_key(lab):

@@ -150,9 +150,13 @@ class World:
         self.public_ips: dict[str, str] = {}
         """reserved address -> private IP OCID it is attached to."""
         self._numbers = itertools.count(1)
+        self.out_of_capacity = False
+        """Oracle answers "Out of host capacity" to a launch (common on A1.Flex)."""
 
     # ---- gateway VMs -------------------------------------------------------------
     def launch(self, stack: str, inputs: dict) -> Vm:
+        if self.out_of_capacity:
+            raise StepFailed("500-InternalError, Out of host capacity.")
         number = next(self._numbers)
         ocid = f"ocid1.instance.oc1.eu-frankfurt-1.mglc{stack}{number:04d}"
         vm = Vm(ocid, stack, inputs["metadata"]["user_data"], self._machine(number))
