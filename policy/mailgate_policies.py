@@ -3,7 +3,8 @@ that builds the resources: a mistake in the catalogue or a hand-added rule still
 open the gateway to the internet.
 
 Mandatory: nothing reaches SSH or every port from 0.0.0.0/0 or ::/0, and no TCP/UDP
-ingress rule lacks a port range (OCI reads a missing range as "all ports").
+ingress rule lacks a port range (OCI reads a missing range as "all ports"); no remote
+command that undoes something on delete has `triggers`; no tailnet key in user data.
 Advisory: the reserved MX address is protected, the VM gets no ephemeral public IP, and
 the VM is deleted before its replacement is created.
 
@@ -12,6 +13,8 @@ Props arrive as the engine sends them: camelCase names, numbers as floats.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
 
@@ -21,6 +24,8 @@ SECURITY_LIST = "oci:Core/securityList:SecurityList"
 NSG_RULE = "oci:Core/networkSecurityGroupSecurityRule:NetworkSecurityGroupSecurityRule"
 PUBLIC_IP = "oci:Core/publicIp:PublicIp"
 INSTANCE = "oci:Core/instance:Instance"
+REMOTE_COMMAND = "command:remote:Command"
+TAILNET_KEY_PREFIX = "tskey-"
 
 WORLD = ("0.0.0.0/0", "::/0")
 TCP, UDP, ALL = "6", "17", "all"
@@ -104,6 +109,34 @@ def instance_deleted_before_replace(args, report_violation: ReportViolation) -> 
                          "quota; set delete_before_replace")
 
 
+def restoring_command_has_no_triggers(args, report_violation: ReportViolation) -> None:
+    # pulumi-command replaces a Command whose triggers change, and a replacement runs the
+    # NEW create first and the OLD delete last: a delete that restores the host would
+    # undo what the new create just did.
+    props = args.props
+    if args.resource_type == REMOTE_COMMAND and props.get("delete") and props.get("triggers"):
+        report_violation("a remote command with a `delete` must not have `triggers`: a change "
+                         "of them replaces it, and the old delete then undoes the new create; "
+                         "send changing content on stdin, so that a change is an update")
+
+
+def user_data_holds_no_tailnet_key(args, report_violation: ReportViolation) -> None:
+    # Every process on the VM can read its user data, and a key minted before the VM is
+    # expired or spent when a VM is created later: each VM fetches its own.
+    if args.resource_type != INSTANCE:
+        return
+    user_data = (args.props.get("metadata") or {}).get("user_data")
+    if not isinstance(user_data, str):
+        return  # unknown during a preview
+    try:
+        text = base64.b64decode(user_data, validate=True).decode(errors="replace")
+    except (binascii.Error, ValueError):
+        text = user_data
+    if TAILNET_KEY_PREFIX in text:
+        report_violation("the instance's user data carries a Tailscale key; the VM must fetch "
+                         "its own enrolment after it exists (components/bootstrap.py)")
+
+
 POLICIES = [
     ResourceValidationPolicy(
         name="no-world-ssh-or-all-ports",
@@ -115,6 +148,19 @@ POLICIES = [
         name="tcp-udp-ingress-has-port-range",
         description="Every TCP or UDP ingress rule names its destination ports.",
         validate=tcp_udp_ingress_has_port_range,
+        enforcement_level=EnforcementLevel.MANDATORY,
+    ),
+    ResourceValidationPolicy(
+        name="restoring-command-has-no-triggers",
+        description="No remote command with a delete step has triggers (a replace would "
+                    "run the old delete after the new create).",
+        validate=restoring_command_has_no_triggers,
+        enforcement_level=EnforcementLevel.MANDATORY,
+    ),
+    ResourceValidationPolicy(
+        name="user-data-holds-no-tailnet-key",
+        description="The gateway's user data holds no Tailscale key.",
+        validate=user_data_holds_no_tailnet_key,
         enforcement_level=EnforcementLevel.MANDATORY,
     ),
     ResourceValidationPolicy(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import sys
 from types import SimpleNamespace
@@ -110,11 +111,34 @@ def test_instance_should_be_deleted_before_replace():
                            _args(rules.INSTANCE, {}, delete_before_replace=True))
 
 
+@pytest.mark.parametrize("props, violates", [
+    ({"create": "apply", "delete": "restore", "triggers": ["sha"]}, True),
+    ({"create": "apply", "delete": "restore", "stdin": "files"}, False),
+    ({"create": "apply", "triggers": ["sha"]}, False),  # nothing to undo
+])
+def test_a_restoring_command_must_not_have_triggers(props, violates):
+    args = _args(rules.REMOTE_COMMAND, props)
+    assert bool(_violations(rules.restoring_command_has_no_triggers, args)) is violates
+
+
+@pytest.mark.parametrize("user_data, violates", [
+    (base64.b64encode(b"#cloud-config\nwrite_files:\n- content: tskey-auth-k123\n").decode(), True),
+    ("#cloud-config\nruncmd: [tailscale up --auth-key=tskey-auth-k123]\n", True),
+    (base64.b64encode(b"#cloud-config\nwrite_files:\n- content: https://par/o/\n").decode(), False),
+    (None, False),
+])
+def test_user_data_must_not_carry_a_tailnet_key(user_data, violates):
+    args = _args(rules.INSTANCE, {"metadata": {"user_data": user_data}}, delete_before_replace=True)
+    assert bool(_violations(rules.user_data_holds_no_tailnet_key, args)) is violates
+
+
 def test_pack_declares_every_rule_with_its_enforcement():
     levels = {p.name: p.enforcement_level.value for p in rules.POLICIES}
     assert levels == {
         "no-world-ssh-or-all-ports": "mandatory",
         "tcp-udp-ingress-has-port-range": "mandatory",
+        "restoring-command-has-no-triggers": "mandatory",
+        "user-data-holds-no-tailnet-key": "mandatory",
         "reserved-public-ip-protected": "advisory",
         "instance-no-ephemeral-public-ip": "advisory",
         "instance-delete-before-replace": "advisory",
