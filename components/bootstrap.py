@@ -27,16 +27,21 @@ import pulumi_oci as oci
 import pulumi_tailscale as tailscale
 
 from components.tailnet import tailnet_ipv4
-from mailgate.names import gateway_machine_name
+from mailgate.names import gateway_machine_name, vm_suffix
 from mailgate.renderers.cloud_init import render_enrolment
 from mailgate.settings import Settings
 
 # A pre-authenticated request must expire. It sits in the user data, and changing the
 # user data replaces the VM, so it expires far beyond any VM's life.
 BOOTSTRAP_URL_EXPIRES = "2099-12-31T00:00:00Z"
-# A first boot waits for egress, upgrades every package and installs Tailscale before it
-# joins; on a 1-OCPU VM that takes minutes.
-JOIN_WAIT = "1200s"
+# A first boot waits for egress, then installs nginx and Tailscale before it joins; the
+# join script itself gives up after 30 minutes.
+JOIN_WAIT = "1800s"
+
+
+def key_description(settings: Settings, instance_id: str) -> str:
+    stack = "".join(c for c in settings.names.stack if c.isalnum())[:20]
+    return f"mailgate {stack} gateway {vm_suffix(instance_id)}".replace("  ", " ")
 
 
 @dataclass(frozen=True)
@@ -71,9 +76,10 @@ class BootstrapBucket(pulumi.ComponentResource):
             namespace=self.namespace,
             bucket=self.bucket.name,
             name=f"{settings.names.bootstrap_bucket}-read",
-            # Any object by its exact name, no listing: a VM fetches the one named by its OCID.
+            # Any object by its exact name: a VM fetches the one named by its OCID. Listing
+            # stays denied by default; do not set bucket_listing_action: a refresh reads it
+            # back empty and the next up would replace the URL, and with it the VM.
             access_type="AnyObjectRead",
-            bucket_listing_action="Deny",
             time_expires=BOOTSTRAP_URL_EXPIRES,
             opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["accessUri", "fullPath"]),
         )
@@ -107,7 +113,10 @@ class GatewayEnrolment(pulumi.ComponentResource):
             preauthorized=True,
             tags=[settings.tailscale.gateway_tag],
             expiry=settings.tailscale.auth_key_expiry_seconds,
-            description=f"mailgate {settings.names.stack} gateway enrolment",
+            # Names the VM too: the description cannot change in place, so a new VM gets a
+            # new key even where the engine predates replacement_trigger. Letters, digits
+            # and spaces only, at most 50 characters (the Tailscale API's limits).
+            description=args.instance_id.apply(lambda instance: key_description(settings, instance)),
             # Spent at the first boot; kept in state until its VM is replaced.
             recreate_if_invalid="never",
             opts=pulumi.ResourceOptions(

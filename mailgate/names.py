@@ -36,13 +36,17 @@ class StackNames:
     stack: str
 
     def __post_init__(self) -> None:
-        if not STACK_NAME.match(self.stack):
+        if not valid_stack_name(self.stack):
             raise ValueError(f"{self.stack!r} is not a Pulumi stack name")
 
     @property
     def label(self) -> str:
-        """The stack as a DNS label fragment: lowercase letters, digits and '-'."""
-        return re.sub(r"[^a-z0-9-]+", "-", self.stack.lower()).strip("-") or _digest(self.stack, 8)
+        """The stack as a DNS label fragment: lowercase letters, digits and '-'. When that
+        loses something ('dev_1', 'Dev'), a digest keeps apart stacks it would merge."""
+        label = re.sub(r"[^a-z0-9-]+", "-", self.stack.lower()).strip("-")
+        if label == self.stack:
+            return label
+        return f"{label}-{_digest(self.stack, 6)}" if label else _digest(self.stack, 8)
 
     @property
     def gateway_machine_prefix(self) -> str:
@@ -76,8 +80,18 @@ class StackNames:
 
 
 
+def valid_stack_name(stack: str) -> bool:
+    # '.' and '..' would name the parent directory in the home state path.
+    return bool(STACK_NAME.match(stack)) and stack.strip(".") != ""
+
+
+def vm_suffix(instance_id: str) -> str:
+    """A short digest of a VM's OCID: what tells one gateway VM's names from another's."""
+    return _digest(instance_id, SUFFIX_HEX)
+
+
 def gateway_machine_name(prefix: str, instance_id: str) -> str:
     """The tailnet machine name of one gateway VM: `prefix` and a digest of the VM's OCID.
     No other VM, stack or device has it, so looking it up can never answer with a rebuilt
     node's, another stack's or a stranger's address."""
-    return f"{prefix}-{_digest(instance_id, SUFFIX_HEX)}"
+    return f"{prefix}-{vm_suffix(instance_id)}"

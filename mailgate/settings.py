@@ -29,7 +29,7 @@ from pydantic.alias_generators import to_camel
 
 from mailgate import catalogue
 from mailgate.config_report import ConfigError, problems_from_validation_error
-from mailgate.names import GATEWAY_NAME_MAX, STACK_NAME, StackNames
+from mailgate.names import GATEWAY_NAME_MAX, StackNames, valid_stack_name
 
 NAMESPACE = "mailgate"
 
@@ -390,8 +390,9 @@ class HomeSettings(Strict):
     )
     via_gateway: bool = Field(
         False,
-        description="Reach the Mini PC's SSH through the gateway (jump host), for a runner "
-        "that sees the Mini PC only on the tailnet; sshHost is then its tailnet name or IP.",
+        description="Reach the Mini PC's SSH through the gateway (jump host); sshHost is then "
+        "its tailnet name or IP, and the tailnet policy lets the gateway reach that SSH port. "
+        "Destroy then needs the gateway: destroy before deleting the VM by hand.",
     )
 
     @field_validator("ssh_host")
@@ -627,7 +628,7 @@ def load_settings(
     secret is reported together with every other problem.
     """
     problems: list[str] = list(extra_problems or [])
-    if not STACK_NAME.match(stack):
+    if not valid_stack_name(stack):
         problems.append(f"stack {stack!r}: not a Pulumi stack name; expected letters, "
                         "digits, '_', '.' and '-'")
     plain = {key: value for key, value in raw.items() if key not in SECRET_KEYS}

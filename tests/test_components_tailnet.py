@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import pytest
 
+from components.bootstrap import key_description
 from components.tailnet import tailnet_ipv4
 from mailgate.names import gateway_machine_name
 from mailgate.renderers.tailscale_policy import policy, render_policy_snippet
@@ -38,11 +40,18 @@ def test_gateway_key_is_single_use_preauthorised_tagged_and_short_lived(dev_raw)
     assert run.options(KEY)["additional_secret_outputs"] == ["key"]
 
 
-def test_the_key_is_minted_after_the_vm_and_replaced_with_it(dev_raw):
+def test_the_key_is_minted_after_the_vm_and_replaced_with_it(dev_raw, dev_settings):
     # The key belongs to one VM: created after it, replaced exactly when its OCID changes.
     run = run_program(dev_raw)
     assert run.events.index(run.one(KEY).name) > run.events.index(run.one(INSTANCE).name)
     assert run.options(KEY)["replacement_trigger"] == instance_id(run)
+    # Its description names the VM as well: a key's description cannot change in place,
+    # so even an engine that ignores replacement_trigger gives a new VM a new key.
+    description = run.inputs(KEY)["description"]
+    assert description == key_description(dev_settings, instance_id(run))
+    assert description != key_description(dev_settings, "ocid1.instance.oc1.x.other")
+    assert re.fullmatch(r"[A-Za-z0-9 ]{1,50}", key_description(
+        load_settings(dev_raw, stack="Prod_2026.eu-" + "x" * 80), "ocid1.instance.oc1.x.vm"))
     # The VM fetches its enrolment by its own OCID.
     assert h.plain(run.one(OBJECT).inputs)["object"] == instance_id(run)
 

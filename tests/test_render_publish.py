@@ -62,6 +62,13 @@ def test_policy_lets_only_the_gateway_tag_reach_the_twin_ports(dev_settings):
     assert policy["tagOwners"] == {"tag:mailgw": ["autogroup:admin"]}
 
 
+def test_a_jump_through_the_gateway_is_allowed_only_when_asked_for(dev_raw, dev_settings):
+    jump = {"action": "accept", "src": ["tag:mailgw"], "dst": ["mailgate-home:2222"]}
+    assert jump not in hujson(render_policy_snippet(dev_settings))["acls"]
+    settings = variant(dev_raw, home__viaGateway=True, home__sshPort=2222)
+    assert jump in hujson(render_policy_snippet(settings))["acls"]
+
+
 def test_policy_names_the_home_tag_when_there_is_one(dev_raw):
     settings = variant(dev_raw, tailscale={"homeTag": "tag:mailhome"}, services=["smtp"])
     policy = hujson(render_policy_snippet(settings))

@@ -27,6 +27,10 @@ def policy(settings: Settings) -> dict[str, object]:
              "dst": [f"{tags.gateway_tag}:{catalogue.SSH_PORT}"]},
         ],
     }
+    if settings.home.via_gateway:
+        # home.viaGateway: the last leg of `pulumi up`'s SSH to the Mini PC starts at the gateway.
+        document["acls"].append(  # type: ignore[union-attr]
+            {"action": "accept", "src": [tags.gateway_tag], "dst": [f"{home}:{settings.home.ssh_port}"]})
     if not tags.home_tag:
         document["hosts"] = {HOME_HOST_ALIAS: f"{settings.home.tailnet_ip}/32"}
     return document

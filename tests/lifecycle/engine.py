@@ -272,10 +272,13 @@ class Engine:
 
     # ---- pulumi refresh / destroy / state unprotect ------------------------------
     def refresh(self) -> list[str]:
-        """Drop what the providers no longer find (a Command has no Read: kept)."""
+        """Drop what the providers no longer find (a Command has no Read: kept), and take
+        what they read back for the rest."""
         gone = [r for r in self.resources.values() if not self.providers.exists(r.type, r)]
         for resource in gone:
             del self.resources[resource.urn]
+        for resource in self.resources.values():
+            resource.inputs = self.providers.read(resource.type, resource)
         return [r.name for r in gone]
 
     def destroy(self) -> Result:

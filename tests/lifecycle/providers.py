@@ -128,6 +128,18 @@ class Providers:
         elif type_ == OBJECT:
             self._bucket(old.inputs).pop(old.inputs["object"], None)
 
+    def read(self, type_: str, old: Any) -> dict:
+        """What a refresh writes back into the state for the inputs the program sets.
+
+        objectstorage_preauthrequest_resource.go: Get() rebuilds the request from the
+        API's summary, which has no bucket listing action, and SetData() then stores ""
+        for it (Optional+Computed+ForceNew): a program that sets it sees a replacement.
+        """
+        inputs = dict(old.inputs)
+        if type_ == PAR and "bucketListingAction" in inputs:
+            inputs["bucketListingAction"] = ""
+        return inputs
+
     def exists(self, type_: str, old: Any) -> bool:
         """Read during `pulumi refresh`: False drops the resource from the state."""
         if type_ == INSTANCE:
