@@ -24,6 +24,7 @@ from mailgate.renderers.mailcow import (
     render_relay_password_map,
 )
 from mailgate.renderers.nginx import render_nginx_conf
+from mailgate.renderers.sysctl import render_nonlocal_bind_sysctl
 from mailgate.renderers.tailscale_policy import render_policy_snippet
 from mailgate.settings import Settings
 
@@ -103,6 +104,7 @@ def home_files(
         RenderedFile(HOME, names.home_firewall_path, render_home_firewall(settings, deployment), 0o640),
         RenderedFile(HOME, names.docker_drop_in,
                      render_docker_after_tailscale(names.home_firewall_path, names.home_twin_chain)),
+        RenderedFile(HOME, names.home_nonlocal_bind_sysctl, render_nonlocal_bind_sysctl(names.stack)),
     ]
 
 

@@ -75,6 +75,10 @@ class StackNames:
         return f"/etc/systemd/system/docker.service.d/mailgate-{self.stack}-after-tailscaled.conf"
 
     @property
+    def home_nonlocal_bind_sysctl(self) -> str:
+        return f"/etc/sysctl.d/60-mailgate-{self.stack}-nonlocal-bind.conf"
+
+    @property
     def home_twin_chain(self) -> str:
         return _fit("MAILGATE-TWIN-", self.stack, CHAIN_MAX)
 

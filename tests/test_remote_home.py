@@ -59,7 +59,8 @@ class Home:
         netns.run(["iptables", "-N", "DOCKER-USER"]).check_returncode()
         in_ns = f"ip netns exec {netns.name} "
         self.commands = HostCommands(root=str(self.root), docker=str(self.docker.path),
-                                     iptables=in_ns + "iptables", systemctl=str(systemctl))
+                                     iptables=in_ns + "iptables", systemctl=str(systemctl),
+                                     sysctl=in_ns + "sysctl")
         self.netns = netns
         self.sshd = start_sshd(tmp / "ssh")
         self.outputs: list[str] = []

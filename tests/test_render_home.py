@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
 import sys
 
 import pytest
@@ -15,6 +18,7 @@ from mailgate.renderers.compose import render_compose_override
 from mailgate.renderers.firewall import render_home_firewall
 from mailgate.renderers.mailcow import render_docker_after_tailscale, render_mailcow_conf
 from tests.settings_variants import variant
+from tests.conftest import need_program
 from tests.validators import Netns, compose_config, iptables_restore
 
 USER_OVERRIDE = """\
@@ -129,12 +133,16 @@ def test_only_the_gateway_reaches_the_twin_ports(dev_settings):
         assert seen[f"{gateway}:{port}"] == ("open" if port in enabled else "reset"), port
 
 
+def exec_start_post(drop_in: str) -> list[str]:
+    return [line.split("=", 1)[1] for line in drop_in.splitlines() if line.startswith("ExecStartPost=")]
+
+
 def test_docker_waits_for_tailscaled_and_reloads_the_firewall(dev_settings, tmp_path):
     rules = tmp_path / "home-firewall.rules"
     rules.write_text(render_home_firewall(dev_settings, Deployment()))
     text = render_docker_after_tailscale(str(rules), dev_settings.names.home_twin_chain)
     assert "[Unit]\nAfter=tailscaled.service\nWants=tailscaled.service\n" in text
-    command = next(line for line in text.splitlines() if line.startswith("ExecStartPost="))
+    [command] = exec_start_post(text)
     argv = ["/bin/sh", "-c", command.split("/bin/sh -c ", 1)[1].strip("'")]
     with Netns() as ns:
         ns.run(["iptables", "-N", "DOCKER-USER"]).check_returncode()  # dockerd makes it
@@ -144,3 +152,41 @@ def test_docker_waits_for_tailscaled_and_reloads_the_firewall(dev_settings, tmp_
         saved = ns.run(["iptables-save"]).stdout
     assert saved.count(f"-A DOCKER-USER -j {dev_settings.names.home_twin_chain}") == 1
     assert "--reject-with tcp-reset" in saved
+
+
+def test_nothing_in_the_drop_in_can_stop_docker(dev_settings):
+    """systemd stops a unit whose ExecStartPost fails unless the line starts with '-';
+    iptables without -w fails at once while dockerd holds the xtables lock."""
+    text = render_docker_after_tailscale(dev_settings.names.home_firewall_path, dev_settings.names.home_twin_chain)
+    commands = exec_start_post(text)
+    assert commands
+    for command in commands:
+        assert command.startswith("-/"), command
+        invocations = re.findall(r"\biptables(?:-restore)?\b[^&|;)']*", command)
+        assert invocations, command
+        for invocation in invocations:
+            assert " -w " in f"{invocation} ", invocation
+
+
+def test_systemd_reads_the_drop_in_without_a_complaint(dev_settings, tmp_path):
+    """`systemd-analyze verify` (offline, no systemd running) on a docker.service plus
+    the drop-in at its real name: unknown keys, bad quoting or a missing program in an
+    ExecStartPost without '-' are reported."""
+    analyze = need_program("systemd-analyze")
+    units = tmp_path / "units"
+    drop_in = units / "docker.service.d" / dev_settings.names.docker_drop_in.rsplit("/", 1)[1]
+    drop_in.parent.mkdir(parents=True)
+    (units / "docker.service").write_text(
+        "[Unit]\nDescription=Docker (stand-in)\n[Service]\nExecStart=/bin/true\n"
+        "[Install]\nWantedBy=multi-user.target\n")
+    verify = lambda: subprocess.run(  # noqa: E731
+        [analyze, "verify", "--man=no", str(units / "docker.service")], capture_output=True, text=True,
+        env={**os.environ, "SYSTEMD_UNIT_PATH": f"{units}:"}, timeout=60)
+    # The check itself: an ExecStartPost of a missing program without '-' is refused.
+    drop_in.write_text("[Service]\nExecStartPost=/nonexistent/iptables -w -L\n")
+    refused = verify()
+    assert refused.returncode != 0 and "/nonexistent/iptables" in refused.stderr
+    drop_in.write_text(render_docker_after_tailscale(dev_settings.names.home_firewall_path,
+                                                     dev_settings.names.home_twin_chain))
+    accepted = verify()
+    assert (accepted.returncode, accepted.stderr) == (0, "")

@@ -83,17 +83,22 @@ def render_dovecot_extra(settings: Settings, deployment: Deployment, existing: s
 
 def render_docker_after_tailscale(firewall_rules: str, chain: str) -> str:
     """systemd drop-in for docker.service: start after tailscaled, and re-load the
-    twin-port firewall each time dockerd (re)creates its DOCKER-USER chain."""
+    twin-port firewall each time dockerd (re)creates its DOCKER-USER chain.
+
+    Nothing here may stop Docker: the `-` prefix makes systemd record a failing command
+    and carry on (systemd.service(5)), and `-w` waits for the xtables lock that dockerd
+    itself holds while it sets up its chains, instead of failing at once."""
     return (
-        "# Rendered by mailgate: the twin ports are published on the tailnet address,\n"
-        "# which exists only after tailscaled is up.\n"
+        "# Rendered by mailgate. The twin ports bind to the tailnet address even before it\n"
+        "# exists (the nonlocal-bind file in /etc/sysctl.d). A failing command below never\n"
+        "# stops Docker ('-'), and iptables waits for the xtables lock ('-w').\n"
         "[Unit]\n"
         "After=tailscaled.service\n"
         "Wants=tailscaled.service\n"
         "\n"
         "[Service]\n"
-        f"ExecStartPost=/bin/sh -c 'iptables-restore --noflush {firewall_rules} && "
-        f"(iptables -C DOCKER-USER -j {chain} 2>/dev/null || iptables -I DOCKER-USER -j {chain})'\n"
+        f"ExecStartPost=-/bin/sh -c 'iptables-restore -w --noflush {firewall_rules} && "
+        f"(iptables -w -C DOCKER-USER -j {chain} 2>/dev/null || iptables -w -I DOCKER-USER -j {chain})'\n"
     )
 
 

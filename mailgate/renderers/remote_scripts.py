@@ -29,6 +29,7 @@ from mailgate.layout import (
 )
 from mailgate.renderers import render_template
 from mailgate.renderers.mailcow import POSTFIX_CONTAINER_CONF
+from mailgate.renderers.sysctl import NONLOCAL_BIND_KEYS
 from mailgate.settings import Settings
 
 POSTFIX, DOVECOT = "postfix-mailcow", "dovecot-mailcow"
@@ -67,6 +68,8 @@ class HostCommands:
     iptables: str = "iptables"
     ip6tables: str = "ip6tables"
     systemctl: str = "systemctl"
+    sysctl: str = "sysctl"
+    """Home: reads and sets the kernel's non-local bind keys (tests: `ip netns exec NS sysctl`)."""
     nginx_check: str = "nginx -t"
     nginx_reload: str = "systemctl reload nginx"
     persist_firewall: str = "netfilter-persistent save >/dev/null"
@@ -140,7 +143,8 @@ def render_gateway_apply(files: list[RenderedFile], commands: HostCommands = Hos
 def home_touched_paths(settings: Settings) -> list[str]:
     """Every home path mailgate may write, in the order the scripts handle them."""
     names = settings.names
-    return [home_path(settings, rel) for rel in HOME_EFFECTS] + [names.home_firewall_path, names.docker_drop_in]
+    return [home_path(settings, rel) for rel in HOME_EFFECTS] + [
+        names.home_firewall_path, names.docker_drop_in, names.home_nonlocal_bind_sysctl]
 
 
 def render_home_snapshot(settings: Settings, commands: HostCommands = HostCommands()) -> str:
@@ -152,7 +156,8 @@ def _home_script_file(settings: Settings, rendered: RenderedFile) -> ScriptFile:
     for relative, (services, action) in HOME_EFFECTS.items():
         if rendered.path == home_path(settings, relative):
             return ScriptFile(rendered.path, rendered.mode, services=services, action=action)
-    kind = "firewall" if rendered.path == settings.names.home_firewall_path else "systemd"
+    kind = {settings.names.home_firewall_path: "firewall",
+            settings.names.home_nonlocal_bind_sysctl: "sysctl"}.get(rendered.path, "systemd")
     return ScriptFile(rendered.path, rendered.mode, kind=kind)
 
 
@@ -162,13 +167,14 @@ def render_home_apply(settings: Settings, files: list[RenderedFile],
         "scripts/home-apply.sh.j2", root=commands.root, commands=commands, state_dir=settings.names.home_state_dir,
         mailcow_dir=settings.home.mailcow_dir, files=[_home_script_file(settings, f) for f in files],
         firewall_path=settings.names.home_firewall_path, chain=settings.names.home_twin_chain, postfix_check=POSTFIX_CHECK,
+        sysctl_keys=NONLOCAL_BIND_KEYS,
     )
 
 
 def render_home_restore(settings: Settings, commands: HostCommands = HostCommands()) -> str:
     return render_template(
         "scripts/home-restore.sh.j2", root=commands.root, commands=commands, state_dir=settings.names.home_state_dir,
-        mailcow_dir=settings.home.mailcow_dir, chain=settings.names.home_twin_chain,
+        mailcow_dir=settings.home.mailcow_dir, chain=settings.names.home_twin_chain, sysctl_keys=NONLOCAL_BIND_KEYS,
         files=[ScriptFile(home_path(settings, relative), 0, services=services, action=action)
                for relative, (services, action) in HOME_EFFECTS.items()],
     )

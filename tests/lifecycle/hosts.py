@@ -120,7 +120,7 @@ class HomeMachine:
         in_ns = f"ip netns exec {self.netns.name} "
         self.commands = HostCommands(root=str(self.root), docker=str(self.docker.path),
                                      iptables=in_ns + "iptables", ip6tables=in_ns + "ip6tables",
-                                     systemctl=str(systemctl))
+                                     systemctl=str(systemctl), sysctl=in_ns + "sysctl")
         for mailcow_dir in mailcow_dirs:
             checkout = self.mailcow(mailcow_dir)
             (checkout / "data/conf/postfix").mkdir(parents=True)
