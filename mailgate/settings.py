@@ -226,7 +226,11 @@ class GatewaySettings(Strict):
         min_length=1,
         description="OpenSSH public keys allowed to log in as the gateway's admin user.",
     )
-    ssh_user: str = Field("ubuntu", description="Admin user of the gateway image.")
+    ssh_user: str = Field(
+        "ubuntu",
+        description="Admin user of the gateway image; the steps run as root through its "
+        "passwordless sudo (as Oracle's Ubuntu images set it up).",
+    )
     admin_cidrs: list[AdminCidr] = Field(
         default_factory=list,
         description="Break-glass only: networks allowed to reach the gateway's SSH port on "
@@ -373,7 +377,11 @@ class HomeSettings(Strict):
         description="Address the Pulumi runner uses to SSH into the Mini PC (LAN name, LAN IP "
         "or tailnet name)."
     )
-    ssh_user: str = Field("root", description="SSH user on the Mini PC; needs Docker rights.")
+    ssh_user: str = Field(
+        "root",
+        description="SSH user on the Mini PC: root, or a user allowed passwordless sudo (the "
+        "step writes /etc and Mailcow's files, loads iptables rules and runs docker).",
+    )
     ssh_port: int = Field(22, ge=1, le=65535, description="SSH port of the Mini PC.")
     ssh_host_key: str | None = Field(
         None,

@@ -13,7 +13,7 @@ APT_PACKAGES=(
   cloud-init
   docker-compose
   iptables iproute2
-  openssh-server openssh-client
+  openssh-server openssh-client sudo
   wireguard-go wireguard-tools openssl
 )
 

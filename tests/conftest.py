@@ -54,3 +54,13 @@ def dev_raw() -> dict:
     from mailgate.stackfile import read_stack_file
 
     return read_stack_file(DEV_STACK).values
+
+
+@pytest.fixture(scope="session")
+def login(request):
+    """Factory: the name of a test login (tests.sshd), created on first use; every test
+    login is removed when the session ends."""
+    from tests.sshd import ensure_login, remove_logins
+
+    request.addfinalizer(remove_logins)
+    return ensure_login

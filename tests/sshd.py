@@ -1,9 +1,14 @@
-"""A throwaway sshd on loopback, started and stopped by the tests (by PID)."""
+"""A throwaway sshd on loopback, started and stopped by the tests (by PID), and the logins
+the remote steps meet on real hosts: root, a user with passwordless sudo (Oracle's
+`ubuntu`), and a user without it."""
 
 from __future__ import annotations
 
+import pwd
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,19 +22,23 @@ class Sshd:
     key: Path
     log: Path
     process: subprocess.Popen
+    user: str = "root"
+    keys_dir: Path | None = None
 
     def run(self, command: str, stdin: str = "", timeout: int = 120) -> subprocess.CompletedProcess:
         """Run `command` the way pulumi-command does: as the remote command, payload on stdin."""
         argv = [
             "ssh", "-i", str(self.key), "-p", str(self.port), "-o", "BatchMode=yes",
             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-            "-o", "LogLevel=ERROR", "root@127.0.0.1", command,
+            "-o", "LogLevel=ERROR", f"{self.user}@127.0.0.1", command,
         ]
         return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout)
 
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=10)
+        if self.keys_dir:
+            shutil.rmtree(self.keys_dir, ignore_errors=True)
 
 
 def _free_port() -> int:
@@ -38,8 +47,43 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_sshd(directory: Path, env: dict[str, str] | None = None) -> Sshd:
-    """`env`: environment for every session it starts (sshd's SetEnv)."""
+# Test logins; created on first use, removed by `remove_logins` at the end of the session.
+SUDO_LOGIN, PLAIN_LOGIN = "mailgate-t-sudo", "mailgate-t-plain"
+SUDOERS = Path("/etc/sudoers.d/mailgate-tests")
+
+
+def ensure_login(user: str) -> str:
+    """A system user that can log in with a key; SUDO_LOGIN may run anything as root
+    without a password, as Oracle's `ubuntu` can."""
+    need_root()
+    for program in ("useradd", "usermod", "sudo", "visudo"):
+        need_program(program)
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--shell", "/bin/sh", "--home-dir", "/",
+                        "--no-create-home", user], check=True)
+    # Not locked ('!'): sshd without PAM refuses a locked account even with a key. A home
+    # that exists keeps sshd from printing a warning into the step's stderr.
+    subprocess.run(["usermod", "-p", "*", "-d", "/", user], check=True)
+    if user == SUDO_LOGIN and not SUDOERS.exists():
+        rule = f"{SUDO_LOGIN} ALL=(root) NOPASSWD: ALL\n"
+        staged = SUDOERS.with_name(".mailgate-tests")
+        staged.write_text(rule)
+        staged.chmod(0o440)
+        subprocess.run(["visudo", "-cqf", str(staged)], check=True)
+        staged.rename(SUDOERS)
+    return user
+
+
+def remove_logins() -> None:
+    SUDOERS.unlink(missing_ok=True)
+    for user in (SUDO_LOGIN, PLAIN_LOGIN):
+        subprocess.run(["userdel", user], capture_output=True, check=False)
+
+
+def start_sshd(directory: Path, env: dict[str, str] | None = None, user: str = "root") -> Sshd:
+    """`env`: environment for every session it starts (sshd's SetEnv); `user`: who logs in."""
     need_root()
     sshd = need_program("sshd")
     need_program("ssh")
@@ -47,12 +91,17 @@ def start_sshd(directory: Path, env: dict[str, str] | None = None) -> Sshd:
     for name in ("host", "client"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(directory / name)],
                        check=True)
-    (directory / "authorized_keys").write_text((directory / "client.pub").read_text())
+    # sshd reads the key list as the user who logs in: keep it where that user can.
+    keys_dir = Path(tempfile.mkdtemp(prefix="mailgate-sshd-keys-"))
+    keys_dir.chmod(0o755)
+    authorized = keys_dir / "authorized_keys"
+    authorized.write_text((directory / "client.pub").read_text())
+    authorized.chmod(0o644)
     port = _free_port()
     config = directory / "sshd_config"
     config.write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {directory / 'host'}\n"
-        f"PidFile {directory / 'sshd.pid'}\nAuthorizedKeysFile {directory / 'authorized_keys'}\n"
+        f"PidFile {directory / 'sshd.pid'}\nAuthorizedKeysFile {authorized}\n"
         "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
         "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nLogLevel VERBOSE\n"
         # One SetEnv line: sshd keeps the first of repeated keywords.
@@ -68,4 +117,4 @@ def start_sshd(directory: Path, env: dict[str, str] | None = None) -> Sshd:
             break
         except OSError:
             time.sleep(0.1)
-    return Sshd(port, directory / "client", log, process)
+    return Sshd(port, directory / "client", log, process, user, keys_dir)

@@ -13,20 +13,22 @@ from mailgate.renderers.firewall import render_gateway_firewall
 from mailgate.renderers.nginx import NginxRuntime, render_nginx_conf
 from mailgate.renderers.remote_scripts import HostCommands, pack, render_gateway_apply
 from tests.settings_variants import variant
-from tests.sshd import start_sshd
+from tests.sshd import SUDO_LOGIN, start_sshd
 from tests.validators import Netns
 
 PUBLIC = "203.0.113.10"
 PROBE = "import socket,sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2).close()"
 
 
-@pytest.fixture
-def gateway(tmp_path):
+@pytest.fixture(params=["root", SUDO_LOGIN])
+def gateway(request, tmp_path, login):
+    """The gateway, reached as root and as `ubuntu`-like user with passwordless sudo."""
+    user = request.param if request.param == "root" else login(request.param)
     with Netns("mg5gw") as netns:
         netns.run(["ip", "addr", "add", f"{PUBLIC}/32", "dev", "lo"]).check_returncode()
         netns.run(["ip", "link", "set", "lo", "up"]).check_returncode()
         netns.run(["iptables", "-N", "MAILGATE-IN"]).check_returncode()
-        sshd = start_sshd(tmp_path / "ssh")
+        sshd = start_sshd(tmp_path / "ssh", user=user)
         root = tmp_path / "root"
         conf = root / NGINX_CONF.lstrip("/")
         in_ns = f"ip netns exec {netns.name} "

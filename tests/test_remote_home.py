@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ from mailgate.renderers.remote_scripts import (
 )
 from tests.fake_docker import Container, FakeDocker
 from tests.settings_variants import variant
-from tests.sshd import start_sshd
+from tests.sshd import PLAIN_LOGIN, SUDO_LOGIN, start_sshd
 from tests.validators import Netns
 
 PASSWORD = "xsmtpsib-Sup3r-s3cret-relay-key"
@@ -39,7 +40,7 @@ GATEWAY_TAILNET_IP = "100.64.0.1"
 BOTH_SERVING = {POSTFIX: True, DOVECOT: True}
 
 class Home:
-    def __init__(self, tmp: Path, settings, netns: Netns):
+    def __init__(self, tmp: Path, settings, netns: Netns, user: str = "root"):
         self.settings = settings
         self.root = tmp / "root"
         mailcow = self.root / settings.home.mailcow_dir.lstrip("/")
@@ -62,7 +63,7 @@ class Home:
                                      iptables=in_ns + "iptables", systemctl=str(systemctl),
                                      sysctl=in_ns + "sysctl")
         self.netns = netns
-        self.sshd = start_sshd(tmp / "ssh")
+        self.sshd = start_sshd(tmp / "ssh", user=user)
         self.outputs: list[str] = []
         self.commands_sent: list[str] = []
 
@@ -111,10 +112,13 @@ class Home:
         return f"-A DOCKER-USER -j {self.settings.names.home_twin_chain}" in saved
 
 
-@pytest.fixture
-def home(tmp_path, dev_settings):
+@pytest.fixture(params=["root", SUDO_LOGIN])
+def home(request, tmp_path, dev_settings, login):
+    """The Mini PC, reached as root and as a user with passwordless sudo (every test runs
+    with both logins)."""
+    user = request.param if request.param == "root" else login(request.param)
     with Netns("mg5") as netns:
-        instance = Home(tmp_path, dev_settings, netns)
+        instance = Home(tmp_path, dev_settings, netns, user)
         try:
             yield instance
         finally:
@@ -338,3 +342,23 @@ def test_the_docker_stand_in_applies_a_mounted_file_only_on_a_restart(tmp_path):
     assert docker.compose(mailcow, "restart", POSTFIX).returncode == 1
     assert docker.compose(mailcow, "ps").returncode == 2  # unknown commands fail loudly
     assert docker.calls(mailcow)[-2:] == [f"compose restart {POSTFIX}", "compose ps"]
+
+
+def test_a_login_without_root_or_sudo_stops_at_once_and_changes_nothing(tmp_path, dev_settings, login):
+    with Netns("mg5p") as netns:
+        home = Home(tmp_path, dev_settings, netns, login(PLAIN_LOGIN))
+        try:
+            before, calls = home.tree(without_state=False), home.docker.calls()
+            result = home.run(render_home_snapshot(dev_settings, home.commands))
+            assert result.returncode == 1
+            assert result.stderr.strip().splitlines() == [
+                f"mailgate: {PLAIN_LOGIN}@{socket.gethostname()} is neither root nor allowed "
+                "passwordless sudo; nothing was changed. Log in as root, or allow it: echo "
+                f"'{PLAIN_LOGIN} ALL=(root) NOPASSWD: ALL' | sudo tee /etc/sudoers.d/mailgate"]
+            files = home_files(dev_settings, Deployment(gateway_tailnet_ip=GATEWAY_TAILNET_IP),
+                               Secrets(relay_password=PASSWORD))
+            result = home.run(render_home_apply(dev_settings, files, home.commands), pack(files))
+            assert result.returncode == 1 and "nothing was changed" in result.stderr
+            assert home.tree(without_state=False) == before and home.docker.calls() == calls
+        finally:
+            home.sshd.stop()

@@ -125,6 +125,18 @@ def content_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+AS_ROOT_DELIMITER = "MAILGATE_STEP_AS_ROOT"
+
+
+def as_root(script: str) -> str:
+    """`script` run as root: directly when logged in as root, else through `sudo -n`,
+    else stopped at the top with one line saying what is missing."""
+    if any(line == AS_ROOT_DELIMITER for line in script.splitlines()):
+        raise ValueError(f"a step may not contain the line {AS_ROOT_DELIMITER}")
+    return render_template("scripts/as-root.sh.j2", script=script.rstrip("\n"),
+                           delimiter=AS_ROOT_DELIMITER)
+
+
 def render_gateway_apply(files: list[RenderedFile], commands: HostCommands = HostCommands(),
                          wait_for_cloud_init: bool | None = None, instance_id: str = "") -> str:
     """`instance_id`, the VM the script is for, is part of the text so that a new VM makes
@@ -135,9 +147,9 @@ def render_gateway_apply(files: list[RenderedFile], commands: HostCommands = Hos
     firewall = [ScriptFile(p, 0o640, ip_version=v)
                 for p, v in ((GATEWAY_FIREWALL_V4, 4), (GATEWAY_FIREWALL_V6, 6))
                 if any(f.path == p for f in files)]
-    return render_template("scripts/gateway-apply.sh.j2", root=commands.root, commands=commands,
-                           files=script_files, firewall_files=firewall,
-                           wait_for_cloud_init=wait_for_cloud_init, instance_id=instance_id)
+    return as_root(render_template(
+        "scripts/gateway-apply.sh.j2", root=commands.root, commands=commands, files=script_files,
+        firewall_files=firewall, wait_for_cloud_init=wait_for_cloud_init, instance_id=instance_id))
 
 
 def home_touched_paths(settings: Settings) -> list[str]:
@@ -148,8 +160,9 @@ def home_touched_paths(settings: Settings) -> list[str]:
 
 
 def render_home_snapshot(settings: Settings, commands: HostCommands = HostCommands()) -> str:
-    return render_template("scripts/home-snapshot.sh.j2", root=commands.root,
-                           state_dir=settings.names.home_state_dir, paths=home_touched_paths(settings))
+    return as_root(render_template(
+        "scripts/home-snapshot.sh.j2", root=commands.root,
+        state_dir=settings.names.home_state_dir, paths=home_touched_paths(settings)))
 
 
 def _home_script_file(settings: Settings, rendered: RenderedFile) -> ScriptFile:
@@ -163,21 +176,21 @@ def _home_script_file(settings: Settings, rendered: RenderedFile) -> ScriptFile:
 
 def render_home_apply(settings: Settings, files: list[RenderedFile],
                       commands: HostCommands = HostCommands()) -> str:
-    return render_template(
+    return as_root(render_template(
         "scripts/home-apply.sh.j2", root=commands.root, commands=commands, state_dir=settings.names.home_state_dir,
         mailcow_dir=settings.home.mailcow_dir, files=[_home_script_file(settings, f) for f in files],
         firewall_path=settings.names.home_firewall_path, chain=settings.names.home_twin_chain, postfix_check=POSTFIX_CHECK,
         sysctl_keys=NONLOCAL_BIND_KEYS,
-    )
+    ))
 
 
 def render_home_restore(settings: Settings, commands: HostCommands = HostCommands()) -> str:
-    return render_template(
+    return as_root(render_template(
         "scripts/home-restore.sh.j2", root=commands.root, commands=commands, state_dir=settings.names.home_state_dir,
         mailcow_dir=settings.home.mailcow_dir, chain=settings.names.home_twin_chain, sysctl_keys=NONLOCAL_BIND_KEYS,
         files=[ScriptFile(home_path(settings, relative), 0, services=services, action=action)
                for relative, (services, action) in HOME_EFFECTS.items()],
-    )
+    ))
 
 
 def originals_for_merge(settings: Settings, snapshot: dict[str, str]) -> dict[str, str]:
