@@ -23,7 +23,7 @@ from mailgate.renderers.mailcow import (
     render_postfix_extra,
     render_relay_password_map,
 )
-from mailgate.renderers.nginx import render_nginx_conf
+from mailgate.renderers.nginx import render_nginx_stream
 from mailgate.renderers.sysctl import render_nonlocal_bind_sysctl
 from mailgate.renderers.tailscale_policy import render_policy_snippet
 from mailgate.settings import Settings
@@ -36,7 +36,10 @@ MAILCOW_CONF = "mailcow.conf"
 DOVECOT_EXTRA = "data/conf/dovecot/extra.conf"
 POSTFIX_EXTRA = "data/conf/postfix/extra.cf"
 POSTFIX_RELAY_MAP = f"data/conf/postfix/{RELAY_PASSWORD_MAP}"
-NGINX_CONF = "/etc/nginx/nginx.conf"
+# The packaged nginx.conf stays as the package left it (replacing it makes upgrades prompt
+# or hold); it includes modules-enabled/*.conf at the top level, after the module loaders.
+NGINX_PACKAGED_CONF = "/etc/nginx/nginx.conf"
+NGINX_STREAM = "/etc/nginx/modules-enabled/70-mailgate-stream.conf"
 GATEWAY_FIREWALL_V4 = "/etc/iptables/mailgate.rules.v4"
 GATEWAY_FIREWALL_V6 = "/etc/iptables/mailgate.rules.v6"
 CLOUD_INIT = "cloud-init/user-data.yaml"
@@ -72,7 +75,7 @@ def gateway_files(settings: Settings, secrets: Secrets = Secrets()) -> list[Rend
             f"https://objectstorage.region.oraclecloud.com/p/placeholder-created-by-pulumi-up"
             f"/n/namespace/b/{settings.names.bootstrap_bucket}/o/")),
                      0o600, secret=True),
-        RenderedFile(GATEWAY, NGINX_CONF, render_nginx_conf(settings)),
+        RenderedFile(GATEWAY, NGINX_STREAM, render_nginx_stream(settings)),
         RenderedFile(GATEWAY, GATEWAY_FIREWALL_V4, render_gateway_firewall(settings, 4), 0o640),
     ]
     if settings.gateway.ipv6:

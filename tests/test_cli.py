@@ -27,7 +27,7 @@ def test_render_writes_the_tree_and_prints_the_summary(tmp_path):
     files = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
     assert files - {".mailgate-render"} == {
         "gateway/cloud-init/user-data.yaml",
-        "gateway/etc/nginx/nginx.conf",
+        "gateway/etc/nginx/modules-enabled/70-mailgate-stream.conf",
         "gateway/etc/iptables/mailgate.rules.v4",
         "home/opt/mailcow-dockerized/docker-compose.override.yml",
         "home/opt/mailcow-dockerized/mailcow.conf",

@@ -38,7 +38,7 @@ def test_gateway_step_runs_after_the_vm_and_only_when_the_files_change(dev_raw):
     assert inputs["connection"]["dialErrorLimit"] == DIAL_ERROR_LIMIT
     assert "cloud-init status --wait" in inputs["create"]
     files = unpack(inputs["stdin"])
-    assert set(files) == {"/etc/nginx/nginx.conf", "/etc/iptables/mailgate.rules.v4"}
+    assert set(files) == {"/etc/nginx/modules-enabled/70-mailgate-stream.conf", "/etc/iptables/mailgate.rules.v4"}
     assert urn_of(run, "gateway-instance") in options["dependencies"]
     assert urn_of(run, "gateway-enrolment-object") in options["dependencies"]
 

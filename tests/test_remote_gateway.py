@@ -1,16 +1,24 @@
-"""The gateway step's script, run over SSH against a real nginx in a network namespace."""
+"""The gateway step's script, run over SSH against a real nginx in a network namespace.
+
+The host looks like Debian's or Ubuntu's once nginx is installed: a packaged nginx.conf
+that includes modules-enabled/*.conf (with the stream module's loader) and serves no
+stream, the MAILGATE-IN chain, a pid file. nginx is started, reloaded and probed only
+through the HostCommands the script is rendered with.
+"""
 
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from mailgate.layout import GATEWAY_FIREWALL_V4, NGINX_CONF, RenderedFile
+from mailgate.layout import GATEWAY_FIREWALL_V4, GATEWAY_FIREWALL_V6, NGINX_PACKAGED_CONF, NGINX_STREAM, RenderedFile
 from mailgate.renderers.firewall import render_gateway_firewall
-from mailgate.renderers.nginx import NginxRuntime, render_nginx_conf
+from mailgate.renderers.nginx import NginxRuntime, render_nginx_conf, render_nginx_stream
 from mailgate.renderers.remote_scripts import HostCommands, pack, render_gateway_apply
 from tests.settings_variants import variant
 from tests.sshd import SUDO_LOGIN, start_sshd
@@ -18,6 +26,16 @@ from tests.validators import Netns
 
 PUBLIC = "203.0.113.10"
 PROBE = "import socket,sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2).close()"
+STREAM_LOADER = "/etc/nginx/modules-enabled/50-mod-stream.conf"
+# ip6tables-restore that accepts a dry run (--test) and fails the real load.
+FAILING_RESTORE = '#!/bin/sh\nfor a; do [ "$a" = --test ] && exit 0; done\necho "ip6tables-restore: line 3 failed" >&2\nexit 1\n'
+
+
+def packaged_conf(tmp_path: Path, root: Path) -> str:
+    """Debian's nginx.conf in miniature: top-level modules-enabled include, an http block."""
+    return (f"user root;\nworker_processes 1;\npid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\n"
+            f"include {root}/etc/nginx/modules-enabled/*.conf;\n\nevents {{\n\tworker_connections 64;\n}}\n\n"
+            "http {\n\taccess_log off;\n}\n")
 
 
 @pytest.fixture(params=["root", SUDO_LOGIN])
@@ -30,42 +48,64 @@ def gateway(request, tmp_path, login):
         netns.run(["iptables", "-N", "MAILGATE-IN"]).check_returncode()
         sshd = start_sshd(tmp_path / "ssh", user=user)
         root = tmp_path / "root"
-        conf = root / NGINX_CONF.lstrip("/")
+        conf = root / NGINX_PACKAGED_CONF.lstrip("/")
+        (conf.parent / "modules-enabled").mkdir(parents=True)
+        (root / STREAM_LOADER.lstrip("/")).symlink_to(STREAM_LOADER)
+        conf.write_text(packaged_conf(tmp_path, root))
+        pid = tmp_path / "nginx.pid"
         in_ns = f"ip netns exec {netns.name} "
         commands = HostCommands(
-            root=str(root), iptables=in_ns + "iptables",
-            nginx_check=f"{in_ns}nginx -t -c {conf}", nginx_reload=f"{in_ns}nginx -s reload -c {conf}",
-            persist_firewall="true",
+            root=str(root), iptables=in_ns + "iptables", ip6tables=in_ns + "ip6tables",
+            nginx_check=f"{in_ns}nginx -t", nginx_reload=f"{in_ns}nginx -s reload -c {conf}",
+            nginx_start=f"{in_ns}nginx -c {conf}", nginx_active=f'kill -0 "$(cat {pid} 2>/dev/null)"',
+            listening_tcp=f"{in_ns}ss -ltnpH", persist_firewall=f"touch {tmp_path}/persisted",
+            lock_wait_seconds=30, listen_wait_seconds=5,
         )
-        runtime = NginxRuntime(user="root", pid=str(tmp_path / "nginx.pid"),
-                               error_log=str(tmp_path / "error.log"),
-                               access_log=str(tmp_path / "access.log"),
-                               worker_connections=64, listen_address=PUBLIC)
-        state = {"netns": netns, "sshd": sshd, "commands": commands, "runtime": runtime,
-                 "conf": conf, "pid": tmp_path / "nginx.pid"}
+        runtime = NginxRuntime(access_log=str(tmp_path / "access.log"), listen_address=PUBLIC)
+        state = {"netns": netns, "sshd": sshd, "commands": commands, "runtime": runtime, "root": root,
+                 "conf": conf, "pid": pid, "tmp": tmp_path, "packaged": conf.read_bytes()}
         try:
             yield state
         finally:
             sshd.stop()
-            if state["pid"].exists() and state["pid"].read_text().strip():
-                pid = int(state["pid"].read_text())
-                subprocess.run(["kill", str(pid)], check=False)
-                for _ in range(50):
-                    if not Path(f"/proc/{pid}").exists():
-                        break
-                    time.sleep(0.1)
+            stop_nginx(state)
+            assert conf.read_bytes() == state["packaged"], "the packaged nginx.conf was changed"
+
+
+def stop_nginx(gateway) -> None:
+    pid_file = gateway["pid"]
+    if pid_file.exists() and pid_file.read_text().strip():
+        pid = int(pid_file.read_text())
+        subprocess.run(["kill", str(pid)], check=False)
+        for _ in range(50):
+            if not Path(f"/proc/{pid}").exists():
+                break
+            time.sleep(0.1)
+
+
+def start_nginx(gateway) -> int:
+    started = gateway["netns"].run(["nginx", "-c", str(gateway["conf"])])
+    assert started.returncode == 0, started.stderr
+    for _ in range(50):
+        if gateway["pid"].exists() and gateway["pid"].read_text().strip():
+            break
+        time.sleep(0.1)
+    return int(gateway["pid"].read_text())
 
 
 def files_for(settings, runtime, broken=False):
-    nginx = render_nginx_conf(settings, runtime)
+    stream = render_nginx_stream(settings, runtime)
     if broken:
-        nginx = nginx.replace("proxy_timeout", "proxy_timeot", 1)
-    return [RenderedFile("gateway", NGINX_CONF, nginx),
-            RenderedFile("gateway", GATEWAY_FIREWALL_V4, render_gateway_firewall(settings), 0o640)]
+        stream = stream.replace("proxy_timeout", "proxy_timeot", 1)
+    files = [RenderedFile("gateway", NGINX_STREAM, stream),
+             RenderedFile("gateway", GATEWAY_FIREWALL_V4, render_gateway_firewall(settings), 0o640)]
+    if settings.gateway.ipv6:
+        files.append(RenderedFile("gateway", GATEWAY_FIREWALL_V6, render_gateway_firewall(settings, 6), 0o640))
+    return files
 
 
-def apply(gateway, files):
-    script = render_gateway_apply(files, gateway["commands"], wait_for_cloud_init=False)
+def apply(gateway, files, commands=None):
+    script = render_gateway_apply(files, commands or gateway["commands"], wait_for_cloud_init=False)
     return gateway["sshd"].run(script, pack(files))
 
 
@@ -74,42 +114,199 @@ def listening(gateway, port: int) -> bool:
     return probe.returncode == 0
 
 
-def test_apply_checks_reloads_and_a_broken_config_leaves_the_old_one_serving(gateway, dev_raw):
-    # nginx is already running (cloud-init installed it) with some earlier config.
-    gateway["conf"].parent.mkdir(parents=True)
-    gateway["conf"].write_text(render_nginx_conf(variant(dev_raw, services=["smtp", "submission"]),
-                                                 gateway["runtime"]))
-    started = gateway["netns"].run(["nginx", "-c", str(gateway["conf"])])
-    assert started.returncode == 0, started.stderr
-    for _ in range(50):
-        if gateway["pid"].exists() and gateway["pid"].read_text().strip():
-            break
-        time.sleep(0.1)
-    pid = int(gateway["pid"].read_text())
+def chain(gateway) -> list[str]:
+    return [line for line in gateway["netns"].run(["iptables-save"]).stdout.splitlines() if "MAILGATE-IN" in line]
+
+
+def installed(gateway, path: str) -> Path:
+    return gateway["root"] / path.lstrip("/")
+
+
+def leftovers(gateway) -> list[str]:
+    """Anything a run may leave behind on the host: staged copies, check configs."""
+    return [str(p) for p in gateway["root"].rglob("*") if ".mailgate-" in p.name]
+
+
+def test_apply_checks_reloads_and_a_broken_config_is_never_installed(gateway, dev_raw):
+    # nginx is already running (cloud-init installed it) with the packaged config.
+    pid = start_nginx(gateway)
 
     smtp_only = variant(dev_raw, services=["smtp"])
     first = apply(gateway, files_for(smtp_only, gateway["runtime"]))
     assert first.returncode == 0, first.stderr
-    assert "gateway updated: /etc/nginx/nginx.conf /etc/iptables/mailgate.rules.v4" in first.stdout
+    assert f"gateway updated: {NGINX_STREAM} {GATEWAY_FIREWALL_V4}" in first.stdout
     assert listening(gateway, 25)
-    assert "-A MAILGATE-IN -p tcp -m multiport --dports 25 -j ACCEPT" in gateway["netns"].run(["iptables-save"]).stdout
+    assert "-A MAILGATE-IN -p tcp -m multiport --dports 25 -j ACCEPT" in chain(gateway)
 
-    good_text = gateway["conf"].read_text()
+    stream = installed(gateway, NGINX_STREAM)
+    good_text, good_chain = stream.read_text(), chain(gateway)
     with_imaps = variant(dev_raw, services=["smtp", "imaps"])
     broken = apply(gateway, files_for(with_imaps, gateway["runtime"], broken=True))
     assert broken.returncode == 1
     assert "nginx refused the new config" in broken.stderr and "proxy_timeot" in broken.stderr
-    assert gateway["conf"].read_text() == good_text
+    # The message names the file as it would be installed, not the staged copy.
+    assert f"{gateway['root']}{NGINX_STREAM}" in broken.stderr
+    assert stream.read_text() == good_text and chain(gateway) == good_chain
+    assert not leftovers(gateway)
     assert Path(f"/proc/{pid}").exists() and listening(gateway, 25)
-    assert "993" not in gateway["netns"].run(["iptables-save"]).stdout
 
     fixed = apply(gateway, files_for(with_imaps, gateway["runtime"]))
     assert fixed.returncode == 0, fixed.stderr
-    for _ in range(30):  # reload starts new workers
-        if listening(gateway, 993):
-            break
-        time.sleep(0.1)
+    # The step itself waited for the reload's new listeners.
     assert listening(gateway, 993) and listening(gateway, 25)
+    assert "nginx listens on 25 993" in fixed.stdout
 
     again = apply(gateway, files_for(with_imaps, gateway["runtime"]))
-    assert again.returncode == 0 and "already up to date" in again.stdout
+    assert again.returncode == 0 and "already up to date" in again.stdout, again.stderr
+    assert not leftovers(gateway)
+
+
+def test_a_stopped_nginx_is_started_by_a_run_that_changes_files(gateway, dev_raw):
+    result = apply(gateway, files_for(variant(dev_raw, services=["smtp"]), gateway["runtime"]))
+    assert result.returncode == 0, result.stderr
+    assert listening(gateway, 25)
+    assert (gateway["tmp"] / "persisted").exists()
+
+
+def test_nothing_changed_but_nginx_down_is_repaired_not_reported_up_to_date(gateway, dev_raw):
+    files = files_for(variant(dev_raw, services=["smtp"]), gateway["runtime"])
+    start_nginx(gateway)
+    assert apply(gateway, files).returncode == 0
+    stop_nginx(gateway)
+    assert not listening(gateway, 25)
+
+    again = apply(gateway, files)
+    assert again.returncode == 0, again.stderr
+    assert "nginx is not running" in again.stdout and "now nginx listens on 25" in again.stdout
+    assert listening(gateway, 25)
+
+
+def test_nothing_changed_and_nginx_cannot_start_fails_with_the_reason(gateway, dev_raw):
+    files = files_for(variant(dev_raw, services=["smtp"]), gateway["runtime"])
+    start_nginx(gateway)
+    assert apply(gateway, files).returncode == 0
+    stop_nginx(gateway)
+    # Something else took port 25 while nginx was down.
+    squatter = subprocess.Popen(["ip", "netns", "exec", gateway["netns"].name, "python3", "-c",
+                                 f"import socket,time; s=socket.create_server(('{PUBLIC}', 25)); time.sleep(60)"])
+    try:
+        for _ in range(50):
+            if listening(gateway, 25):
+                break
+            time.sleep(0.1)
+        again = apply(gateway, files)
+    finally:
+        squatter.kill()
+        squatter.wait()
+    assert again.returncode == 1, again.stdout
+    assert "already up to date" not in again.stdout
+    assert "nginx does not serve them" in again.stderr and "Address already in use" in again.stderr
+
+
+def test_nginx_that_cannot_serve_the_new_config_rolls_everything_back(gateway, dev_raw):
+    start_nginx(gateway)
+    before_chain = chain(gateway)
+    squatter = subprocess.Popen(["ip", "netns", "exec", gateway["netns"].name, "python3", "-c",
+                                 f"import socket,time; s=socket.create_server(('{PUBLIC}', 25)); time.sleep(60)"])
+    try:
+        for _ in range(50):
+            if listening(gateway, 25):
+                break
+            time.sleep(0.1)
+        # nginx -t passes (it does not bind), the reload cannot bind 25: noticed, undone.
+        result = apply(gateway, files_for(variant(dev_raw, services=["smtp"]), gateway["runtime"]))
+    finally:
+        squatter.kill()
+        squatter.wait()
+    assert result.returncode == 1, result.stdout
+    assert "does not listen on port(s) 25" in result.stderr
+    assert not installed(gateway, NGINX_STREAM).exists()
+    assert not installed(gateway, GATEWAY_FIREWALL_V4).exists()
+    assert chain(gateway) == before_chain
+    assert not (gateway["tmp"] / "persisted").exists(), "the firewall was saved before nginx served"
+    assert not leftovers(gateway)
+
+
+def test_a_failing_ipv6_firewall_load_leaves_the_ipv4_chain_as_it_was(gateway, dev_raw):
+    start_nginx(gateway)
+    smtp = variant(dev_raw, services=["smtp"])
+    assert apply(gateway, files_for(smtp, gateway["runtime"])).returncode == 0
+    before_chain, before_stream = chain(gateway), installed(gateway, NGINX_STREAM).read_text()
+
+    fake = gateway["tmp"] / "bin"
+    fake.mkdir()
+    (fake / "ip6tables-restore").write_text(FAILING_RESTORE)
+    (fake / "ip6tables-save").write_text("#!/bin/sh\nexit 0\n")
+    for tool in fake.iterdir():
+        tool.chmod(0o755)
+    commands = replace(gateway["commands"], ip6tables=str(fake / "ip6tables"))
+    with_v6 = variant(dev_raw, services=["smtp", "imaps"], gateway__ipv6=True)
+    result = apply(gateway, files_for(with_v6, gateway["runtime"]), commands)
+    assert result.returncode == 1, result.stdout
+    assert "mailgate.rules.v6 did not load" in result.stderr and "line 3 failed" in result.stderr
+    assert chain(gateway) == before_chain
+    assert installed(gateway, NGINX_STREAM).read_text() == before_stream
+    assert not installed(gateway, GATEWAY_FIREWALL_V6).exists()
+    assert listening(gateway, 25) and not listening(gateway, 993)
+
+
+def test_two_runs_at_once_are_serialised(gateway, dev_raw):
+    start_nginx(gateway)
+    files = files_for(variant(dev_raw, services=["smtp"]), gateway["runtime"])
+    lock = gateway["root"] / "run/mailgate/gateway.lock"
+    lock.parent.mkdir(parents=True)
+    lock.touch()
+    holder = subprocess.Popen(["flock", str(lock), "sleep", "4"])
+    try:
+        time.sleep(0.3)
+        impatient = replace(gateway["commands"], lock_wait_seconds=1)
+        refused = apply(gateway, files, impatient)
+        assert refused.returncode == 1
+        assert "another mailgate run has held" in refused.stderr and "nothing was changed" in refused.stderr
+        assert not installed(gateway, NGINX_STREAM).exists()
+
+        waited = apply(gateway, files)
+        assert waited.returncode == 0, waited.stderr
+        assert holder.poll() is not None, "the run did not wait for the one holding the lock"
+    finally:
+        holder.kill()
+        holder.wait()
+
+    # Two real runs at once: both succeed, one after the other.
+    with_imaps = files_for(variant(dev_raw, services=["smtp", "imaps"]), gateway["runtime"])
+    results = [None, None]
+
+    def run(index):
+        results[index] = apply(gateway, with_imaps)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
+    assert sorted("updated" in r.stdout for r in results) == [False, True]
+    assert listening(gateway, 993)
+
+
+def test_a_gateway_with_an_older_mailgates_nginx_conf_moves_its_stream_block(gateway, dev_raw):
+    # Before the stream file, mailgate replaced nginx.conf with a whole config of its own.
+    smtp = variant(dev_raw, services=["smtp"])
+    runtime = NginxRuntime(user="root", pid=str(gateway["pid"]), error_log=str(gateway["tmp"] / "error.log"),
+                           access_log=str(gateway["tmp"] / "access.log"), worker_connections=64,
+                           listen_address=PUBLIC,
+                           modules_include=f"{gateway['root']}/etc/nginx/modules-enabled/*.conf")
+    old = "# Rendered by mailgate from its port catalogue; `pulumi up` replaces this file.\n" + \
+        render_nginx_conf(smtp, runtime).split("\n", 2)[2]
+    gateway["conf"].write_text(old)
+    start_nginx(gateway)
+    assert listening(gateway, 25)
+
+    result = apply(gateway, files_for(variant(dev_raw, services=["smtp", "imaps"]), gateway["runtime"]))
+    assert result.returncode == 0, result.stderr
+    assert "older mailgate" in result.stderr
+    migrated = gateway["conf"].read_text()
+    assert "stream {" not in migrated and "proxy_pass" not in migrated
+    assert migrated.startswith(old[:old.index("events {")])
+    assert listening(gateway, 25) and listening(gateway, 993)
+    gateway["packaged"] = migrated.encode()

@@ -1,4 +1,5 @@
-"""The gateway's nginx.conf: checked by `nginx -t`, then run for real in a namespace."""
+"""The gateway's nginx stream file: checked by `nginx -t` inside the installed Debian
+nginx.conf, then (in the lab's whole config) run for real in a namespace."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import pytest
 
 from mailgate import catalogue
 from mailgate.catalogue import IdleTimeout
-from mailgate.renderers.nginx import CONNECT_TIMEOUT_SECONDS, NginxRuntime, render_nginx_conf
+from mailgate.layout import NGINX_PACKAGED_CONF, NGINX_STREAM, gateway_files
+from mailgate.renderers.nginx import CONNECT_TIMEOUT_SECONDS, NginxRuntime, render_nginx_conf, render_nginx_stream
+from tests.conftest import need_program
 from tests.settings_variants import everything, variant
 from tests.validators import Netns, nginx_check
 
@@ -37,6 +40,34 @@ def servers(conf: str) -> dict[int, dict[str, list[str]]]:
                                    lambda raw: variant(raw, services=["smtp"])])
 def test_nginx_accepts_the_config(dev_raw, tmp_path, build):
     nginx_check(render_nginx_conf(build(dev_raw)), tmp_path)
+
+
+def test_the_stream_file_loads_from_the_packaged_nginx_conf(dev_raw, tmp_path):
+    """Debian's own nginx.conf, untouched but for where its modules-enabled include points:
+    the stream file sorts after the module loader and nginx -t accepts the pair."""
+    need_program("nginx")
+    packaged = Path(NGINX_PACKAGED_CONF)
+    enabled = Path(NGINX_STREAM).parent
+    assert f"include {enabled}/*.conf;" in packaged.read_text()
+    loaders = sorted(p.name for p in enabled.glob("*.conf") if p.name != Path(NGINX_STREAM).name)
+    assert "50-mod-stream.conf" in loaders
+    assert sorted(loaders + [Path(NGINX_STREAM).name])[-1] == Path(NGINX_STREAM).name
+    copy = tmp_path / "modules-enabled"
+    copy.mkdir()
+    for name in loaders:
+        (copy / name).symlink_to(enabled / name)
+    stream = render_nginx_stream(everything(dev_raw))
+    (copy / Path(NGINX_STREAM).name).write_text(stream)
+    nginx_check(packaged.read_text().replace(f"{enabled}/*.conf", f"{copy}/*.conf"), tmp_path)
+    # Only the stream block: the main context stays the package's.
+    assert not re.search(r"^(user|pid|events|worker_\w+|error_log|include)\b", stream, re.M)
+
+
+def test_the_gateway_gets_the_stream_file_not_a_whole_nginx_conf(dev_settings):
+    paths = {f.path: f.text for f in gateway_files(dev_settings)}
+    assert NGINX_PACKAGED_CONF not in paths
+    assert paths[NGINX_STREAM] == render_nginx_stream(dev_settings)
+    assert paths[NGINX_STREAM] in render_nginx_conf(dev_settings)
 
 
 def test_nginx_refuses_a_broken_config(dev_settings, tmp_path):

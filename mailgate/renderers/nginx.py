@@ -1,4 +1,8 @@
-"""The gateway's /etc/nginx/nginx.conf: one stream server per enabled service."""
+"""The gateway's nginx stream config: one stream server per enabled service.
+
+`render_nginx_stream` is the file a gateway gets (modules-enabled, beside the packaged
+nginx.conf); `render_nginx_conf` wraps the same text in a whole config for the lab and
+the tests, which run nginx from a config of their own."""
 
 from __future__ import annotations
 
@@ -14,7 +18,9 @@ CONNECT_TIMEOUT_SECONDS = 5
 
 @dataclass(frozen=True)
 class NginxRuntime:
-    """Where nginx keeps its process files; Ubuntu's layout unless the lab says otherwise."""
+    """Where nginx keeps its process files; Ubuntu's layout unless the lab says otherwise.
+    A gateway's stream file uses only `access_log` and `listen_address`; the rest is the
+    packaged nginx.conf's business there, and only the lab's whole config renders it."""
 
     user: str = "www-data"
     pid: str = "/run/nginx.pid"
@@ -31,13 +37,13 @@ class NginxRuntime:
 DEPLOY_RUNTIME = NginxRuntime()
 
 
-def render_nginx_conf(settings: Settings, runtime: NginxRuntime | None = None,
-                      idle_seconds: Mapping[IdleTimeout, int] | None = None) -> str:
+def render_nginx_stream(settings: Settings, runtime: NginxRuntime | None = None,
+                        idle_seconds: Mapping[IdleTimeout, int] | None = None) -> str:
     """`idle_seconds` overrides a timeout class for the lab only, so a test can watch nginx
     cut an idle session in seconds; deployments always use the catalogue's values."""
     runtime = runtime or DEPLOY_RUNTIME
     return render_template(
-        "nginx.conf.j2",
+        "nginx-stream.conf.j2",
         runtime=runtime,
         services=settings.enabled_services,
         home_address=settings.home.tailnet_ip,
@@ -46,3 +52,11 @@ def render_nginx_conf(settings: Settings, runtime: NginxRuntime | None = None,
         connect_timeout=CONNECT_TIMEOUT_SECONDS,
         idle_seconds={timeout: timeout.seconds for timeout in IdleTimeout} | dict(idle_seconds or {}),
     )
+
+
+def render_nginx_conf(settings: Settings, runtime: NginxRuntime | None = None,
+                      idle_seconds: Mapping[IdleTimeout, int] | None = None) -> str:
+    """A whole nginx.conf holding the stream file's text: for the lab and tests only."""
+    runtime = runtime or DEPLOY_RUNTIME
+    return render_template("nginx.conf.j2", runtime=runtime,
+                           stream=render_nginx_stream(settings, runtime, idle_seconds))

@@ -13,8 +13,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import re
 import tarfile
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 from mailgate.layout import (
     COMPOSE_OVERRIDE,
@@ -22,12 +24,15 @@ from mailgate.layout import (
     GATEWAY_FIREWALL_V4,
     GATEWAY_FIREWALL_V6,
     MAILCOW_CONF,
+    NGINX_PACKAGED_CONF,
+    NGINX_STREAM,
     POSTFIX_EXTRA,
     POSTFIX_RELAY_MAP,
     RenderedFile,
     home_path,
 )
 from mailgate.renderers import render_template
+from mailgate.renderers.cloud_init import GATEWAY_INPUT_CHAIN
 from mailgate.renderers.mailcow import POSTFIX_CONTAINER_CONF
 from mailgate.renderers.sysctl import NONLOCAL_BIND_KEYS
 from mailgate.settings import Settings
@@ -71,14 +76,27 @@ class HostCommands:
     sysctl: str = "sysctl"
     """Home: reads and sets the kernel's non-local bind keys (tests: `ip netns exec NS sysctl`)."""
     nginx_check: str = "nginx -t"
+    """Gateway: the script adds `-c <a copy of nginx.conf that loads the staged stream file>`."""
     nginx_reload: str = "systemctl reload nginx"
     persist_firewall: str = "netfilter-persistent save >/dev/null"
     wait_for_cloud_init: bool = True
     """Gateway: wait for `cloud-init status --wait` first (a fresh VM is still booting)."""
+    nginx_start: str = "systemctl start nginx"
+    nginx_active: str = "systemctl is-active --quiet nginx"
+    listening_tcp: str = "ss -ltnpH"
+    """Gateway: the listening TCP sockets with their processes, as `ss -ltnpH` prints them."""
+    lock_wait_seconds: int = 120
+    """Gateway: how long a run waits for another one holding the host lock."""
+    listen_wait_seconds: int = 30
+    """Gateway: how long nginx may take after a start or reload to listen on every port."""
 
     def iptables_restore(self, ip_version: int) -> str:
         tool = self.iptables if ip_version == 4 else self.ip6tables
         return f"{tool}-restore --noflush"
+
+    def iptables_save(self, ip_version: int) -> str:
+        tool = self.iptables if ip_version == 4 else self.ip6tables
+        return f"{tool}-save"
 
 
 @dataclass(frozen=True)
@@ -126,6 +144,7 @@ def content_hash(text: str) -> str:
 
 
 AS_ROOT_DELIMITER = "MAILGATE_STEP_AS_ROOT"
+LISTEN_PORT = re.compile(r"^\s*listen\s+(?:\S*:)?(\d+)[\s;]", re.M)
 
 
 def as_root(script: str) -> str:
@@ -147,9 +166,15 @@ def render_gateway_apply(files: list[RenderedFile], commands: HostCommands = Hos
     firewall = [ScriptFile(p, 0o640, ip_version=v)
                 for p, v in ((GATEWAY_FIREWALL_V4, 4), (GATEWAY_FIREWALL_V6, 6))
                 if any(f.path == p for f in files)]
+    stream = next(f for f in files if f.path == NGINX_STREAM)
+    # What nginx must listen on once it serves: every port the stream file lists.
+    ports = sorted({int(port) for port in LISTEN_PORT.findall(stream.text)})
     return as_root(render_template(
         "scripts/gateway-apply.sh.j2", root=commands.root, commands=commands, files=script_files,
-        firewall_files=firewall, wait_for_cloud_init=wait_for_cloud_init, instance_id=instance_id))
+        firewall_files=firewall, wait_for_cloud_init=wait_for_cloud_init, instance_id=instance_id,
+        packaged_conf=NGINX_PACKAGED_CONF, stream=NGINX_STREAM,
+        stream_dir=str(PurePosixPath(NGINX_STREAM).parent), stream_name=PurePosixPath(NGINX_STREAM).name,
+        ports=ports, chain=GATEWAY_INPUT_CHAIN, lock="/run/mailgate/gateway.lock"))
 
 
 def home_touched_paths(settings: Settings) -> list[str]:

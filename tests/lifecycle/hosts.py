@@ -14,6 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from mailgate.layout import NGINX_STREAM
 from mailgate.renderers.nginx import NginxRuntime
 from mailgate.renderers.remote_scripts import HostCommands
 from tests.conftest import need_program
@@ -26,18 +27,23 @@ NGINX_ARGS = '-p "$MGLC_ROOT/" -c "$MGLC_ROOT/etc/nginx/nginx.conf"'
 # --wait` is replaced by the world booting a VM before its first step (World.reach).
 GATEWAY_COMMANDS = HostCommands(
     root="$MGLC_ROOT", iptables=IN_NETNS + "iptables", ip6tables=IN_NETNS + "ip6tables",
-    systemctl="true", nginx_check=f"{IN_NETNS}nginx -t {NGINX_ARGS}",
+    systemctl="true", nginx_check=f'{IN_NETNS}nginx -t -p "$MGLC_ROOT/"',
     nginx_reload=f"{IN_NETNS}nginx -s reload {NGINX_ARGS}", persist_firewall="true",
-    wait_for_cloud_init=False,
+    wait_for_cloud_init=False, nginx_start=f"{IN_NETNS}nginx {NGINX_ARGS}",
+    nginx_active='kill -0 "$(cat "$MGLC_ROOT/run/nginx.pid" 2>/dev/null)"',
+    listening_tcp=IN_NETNS + "ss -ltnpH",
 )
 # Relative paths resolve against each VM's prefix (-p), so one config fits every VM.
 GATEWAY_NGINX = NginxRuntime(user="root", pid="run/nginx.pid", error_log="log/error.log",
                              access_log="log/mailgate-stream.log", worker_connections=64)
-# What nginx -t accepts after cloud-init installed nginx: Ubuntu's default site, no stream.
+# The packaged nginx.conf once cloud-init installed nginx, in miniature: like Ubuntu's, it
+# includes modules-enabled/*.conf at the top level (where the stream module's loader and
+# mailgate's stream file sit) and serves the default site, no stream.
 STOCK_NGINX_CONF = (
-    "user root;\npid run/nginx.pid;\nerror_log log/error.log;\nevents {}\n"
-    "http {\n  access_log off;\n  server {\n    listen 80 default_server;\n  }\n}\n"
+    "user root;\npid run/nginx.pid;\nerror_log log/error.log;\ninclude modules-enabled/*.conf;\n"
+    "events {}\nhttp {\n  access_log off;\n  server {\n    listen 80 default_server;\n  }\n}\n"
 )
+STREAM_LOADER = "load_module modules/ngx_stream_module.so;\n"
 PROBE = "import socket,sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=2).close()"
 
 
@@ -53,11 +59,13 @@ class GatewayMachine:
     def __init__(self, directory: Path, netns_prefix: str):
         need_program("nginx")
         self.root = directory / "root"
-        for sub in ("etc/nginx", "run", "log"):
+        for sub in ("etc/nginx/modules-enabled", "run", "log"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        (self.root / "etc/nginx/modules-enabled/50-mod-stream.conf").write_text(STREAM_LOADER)
         # modules-enabled says `load_module modules/...`, relative to the prefix.
         (self.root / "modules").symlink_to("/usr/lib/nginx/modules")
         self.conf = self.root / "etc/nginx/nginx.conf"
+        self.stream = self.root / NGINX_STREAM.lstrip("/")
         self.conf.write_text(STOCK_NGINX_CONF)
         self.netns = Netns(netns_prefix).__enter__()
         self.run(["ip", "link", "set", "lo", "up"])

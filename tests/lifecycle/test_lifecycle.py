@@ -3,8 +3,8 @@ scripts on throwaway hosts, and what a user would find on them afterwards."""
 
 from __future__ import annotations
 
-from mailgate.renderers.nginx import render_nginx_conf
-from tests.lifecycle.hosts import GATEWAY_NGINX
+from mailgate.renderers.nginx import render_nginx_stream
+from tests.lifecycle.hosts import GATEWAY_NGINX, STOCK_NGINX_CONF
 
 APPLY, SNAPSHOT, GATEWAY = "home-config-apply", "home-config-snapshot", "gateway-config-apply"
 RELAY_MAP = "data/conf/postfix/mailgate_relay_passwd"
@@ -22,8 +22,9 @@ def assert_gateway_serves(lab, stack="dev"):
     vm = lab.vm(stack)
     assert vm.booted and not vm.boot_error, f"the VM did not join the tailnet: {vm.boot_error}"
     machine = vm.machine
-    assert machine.conf.read_text() == render_nginx_conf(lab.settings(stack), GATEWAY_NGINX), (
-        f"the VM serves the stock nginx config; scripts run: {lab.ran()}")
+    assert machine.stream.exists() and machine.stream.read_text() == render_nginx_stream(
+        lab.settings(stack), GATEWAY_NGINX), f"the VM serves no or a stale stream config; scripts run: {lab.ran()}"
+    assert machine.conf.read_text() == STOCK_NGINX_CONF, "the packaged nginx.conf was changed"
     ports = ",".join(str(s.public_port) for s in lab.settings(stack).enabled_services)
     assert f"-A MAILGATE-IN -p tcp -m multiport --dports {ports} -j ACCEPT" in machine.firewall()
     assert machine.listening(25)
