@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   python3-venv
   nginx libnginx-mod-stream
-  postfix
+  postfix postfix-mysql acl
   dovecot-imapd dovecot-managesieved dovecot-pop3d
   cloud-init
   docker-compose

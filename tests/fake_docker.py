@@ -16,11 +16,22 @@ The contract it keeps (docker/compose `cmd/compose/create.go` recreateStrategy a
   again, keep their definition. A container that was never created is not started.
 - `compose config -q` and `compose exec ...` succeed (exec does not check that the
   container runs). Anything else is refused, so a misspelt command fails loudly.
+  Global options before the command (`-f`, `--env-file`, ...) are accepted and ignored.
+- `compose version --short` prints a v2 version; `docker compose` with no command prints
+  help and succeeds, as the plugin does. Installed with `plugin=False`, `docker compose`
+  fails as a docker without the plugin does; `standalone()` adds a `docker-compose`
+  (same state) that takes the same commands, as Compose v2's standalone binary does.
+- Installed with `exec_locally=True`, `compose exec [-T] S CMD...` runs CMD here, as
+  root, in a private mount namespace where S's bind mounts of Mailcow's configuration
+  (EXEC_MOUNTS) are mounted, with stdin passed on: the host's own postconf, postmap and
+  doveconf then check the files the way the container would.
 - Coarser than Compose: Compose compares each service's resolved definition, so a
   mailcow.conf change that no variable of S uses leaves S alone; here it recreates S.
 
 Every call is logged, and a call whose arguments contain the text in `<script>.fail`
-fails before it changes anything. State lives next to the script, never in the
+fails before it changes anything; one that contains the text in `<script>.kill` does its
+work, then sends SIGTERM to its whole process group (the script that called it: an
+interrupted run, as an SSH drop or a timeout leaves it). State lives next to the script, never in the
 Mailcow tree (tests compare that tree byte for byte).
 
 Use it from tests through FakeDocker; the sshd runs the installed copy as a program.
@@ -33,6 +44,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -44,6 +56,34 @@ MOUNTED_FILES = {
     "postfix-mailcow": ("data/conf/postfix/extra.cf", "data/conf/postfix/mailgate_relay_passwd"),
     "dovecot-mailcow": ("data/conf/dovecot/extra.conf",),
 }
+
+
+# The container paths Mailcow's docker-compose.yml bind-mounts from its tree.
+EXEC_MOUNTS = {
+    "postfix-mailcow": (("data/conf/postfix", "/opt/postfix/conf"),),
+    "dovecot-mailcow": (("data/conf/dovecot", "/etc/dovecot"),),
+}
+GLOBAL_OPTIONS_WITH_VALUE = ("-f", "--file", "--env-file", "--project-directory", "-p", "--project-name",
+                             "--profile", "--ansi", "--progress")
+VERSION = "2.29.7"
+
+# Mounts EXEC_MOUNTS' pairs (given as arguments: SOURCE TARGET ..., then --, then the
+# command) in the private namespace of `unshare -m`; a target whose top directory holds no
+# such path gets an empty tmpfs over that top directory first (as /opt on a host without
+# /opt/postfix), visible only inside.
+_MOUNT_AND_RUN = """set -e
+while [ "$1" != -- ]; do
+  if [ ! -d "$2" ]; then
+    top=/$(printf '%s' "$2" | cut -d/ -f2)
+    mount -t tmpfs mgh10-fake-docker "$top"
+    mkdir -p "$2"
+  fi
+  mount --bind "$1" "$2"
+  shift 2
+done
+shift
+exec "$@"
+"""
 
 
 def _digest(path: Path) -> str | None:
@@ -109,19 +149,48 @@ def _restart(containers: dict, mailcow_dir: Path, args: list[str]) -> None:
             _start(containers[name], mailcow_dir, name)
 
 
+def _exec_locally(mailcow_dir: Path, args: list[str]) -> int:
+    args = [a for a in args if a not in ("-T", "--no-TTY", "-i", "--interactive")]
+    service, command = args[0], args[1:]
+    mounts = [part for source, target in EXEC_MOUNTS.get(service, ())
+              for part in (str(mailcow_dir / source), target)]
+    return subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", _MOUNT_AND_RUN,
+                           "mount-and-run", *mounts, "--", *command], check=False).returncode
+
+
 def main(argv: list[str]) -> int:
     script = Path(__file__).resolve()
+    program = Path(sys.argv[0]).name
+    if program == "docker-compose":
+        argv = ["compose", *argv]
     cwd = os.path.realpath(os.getcwd())
     with open(f"{script}.log", "a") as log:
-        log.write(json.dumps({"cwd": cwd, "args": argv}) + "\n")
+        log.write(json.dumps({"cwd": cwd, "args": argv, "program": program}) + "\n")
     fail_file = Path(f"{script}.fail")
     if fail_file.exists() and fail_file.read_text() in " ".join(argv):
         print("fake docker: failing as told", file=sys.stderr)
         return 1
-    if argv[:1] != ["compose"] or len(argv) < 2:
+    if argv[:1] == ["compose"] and program != "docker-compose" and Path(f"{script}.no-plugin").exists():
+        print("docker: 'compose' is not a docker command.", file=sys.stderr)
+        return 1
+    if argv == ["compose"]:
+        print("Usage:  docker compose [OPTIONS] COMMAND")
+        return 0
+    if argv[:1] != ["compose"]:
         print(f"fake docker: unsupported call: {' '.join(argv)}", file=sys.stderr)
         return 2
-    command, args = argv[1], argv[2:]
+    rest = argv[1:]
+    while rest and rest[0].startswith("-"):
+        rest = rest[2:] if rest[0] in GLOBAL_OPTIONS_WITH_VALUE else rest[1:]
+    if not rest:
+        print("fake docker: no compose command", file=sys.stderr)
+        return 2
+    command, args = rest[0], rest[1:]
+    if command == "version":
+        print(VERSION if "--short" in args else f"Docker Compose version v{VERSION}")
+        return 0
+    if command == "exec" and Path(f"{script}.exec-locally").exists():
+        return _exec_locally(Path(cwd), args)
     if command in ("config", "exec"):
         return 0
     if command not in ("up", "restart"):
@@ -133,6 +202,10 @@ def main(argv: list[str]) -> int:
     with _state(script) as state:
         containers = state.setdefault(cwd, {})
         (_up if command == "up" else _restart)(containers, Path(cwd), args)
+    kill_file = Path(f"{script}.kill")
+    if kill_file.exists() and kill_file.read_text() in " ".join(argv):
+        kill_file.unlink()
+        os.killpg(os.getpgrp(), signal.SIGTERM)
     return 0
 
 
@@ -146,11 +219,30 @@ class Container:
 class FakeDocker:
     """The stand-in installed as an executable at `path` (pass str(path) as `docker`)."""
 
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, plugin: bool = True, exec_locally: bool = False):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(__file__, self.path)
         self.path.chmod(0o755)
+        for flag, wanted in (("no-plugin", not plugin), ("exec-locally", exec_locally)):
+            marker = Path(f"{self.path}.{flag}")
+            if wanted:
+                marker.touch()
+            else:
+                marker.unlink(missing_ok=True)
+
+    def standalone(self, path: Path | str) -> Path:
+        """A standalone `docker-compose` at `path` (its name must be docker-compose),
+        sharing this one's containers and log."""
+        path = Path(path)
+        path.symlink_to(self.path.resolve())
+        return path
+
+    def programs(self) -> list[str]:
+        """The program name of each call, oldest first (docker or docker-compose)."""
+        log = Path(f"{self.path.resolve()}.log")
+        lines = log.read_text().splitlines() if log.exists() else []
+        return [json.loads(line).get("program", "docker") for line in lines]
 
     def _records(self, mailcow_dir: Path | str) -> dict:
         state_file = Path(f"{self.path.resolve()}.state.json")
@@ -185,6 +277,15 @@ class FakeDocker:
             fail_file.unlink(missing_ok=True)
         else:
             fail_file.write_text(text)
+
+    def kill_on(self, text: str | None) -> None:
+        """The next call whose arguments contain `text` does its work, then terminates the
+        script that made it (SIGTERM to its process group); None: kill nothing."""
+        kill_file = Path(f"{self.path}.kill")
+        if text is None:
+            kill_file.unlink(missing_ok=True)
+        else:
+            kill_file.write_text(text)
 
     def compose(self, mailcow_dir: Path | str, *args: str) -> subprocess.CompletedProcess:
         """Run `docker compose ARGS` in mailcow_dir, as the scripts do (e.g. to start a

@@ -8,9 +8,13 @@ namespace.
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
 import hashlib
 import os
 import socket
+import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -38,6 +42,11 @@ USER_OVERRIDE = "services:\n  rspamd-mailcow:\n    environment:\n      - MINE=1 
 MAILCOW_CONF = "MAILCOW_HOSTNAME=mail.example.com\nDBPASS=db-secret-not-ours\n"
 GATEWAY_TAILNET_IP = "100.64.0.1"
 BOTH_SERVING = {POSTFIX: True, DOVECOT: True}
+# Mailcow's own files that the staged checks read inside the containers (the fake docker
+# runs them with the host's postconf and doveconf, the tree mounted where Mailcow mounts it).
+MAIN_CF = "compatibility_level = 3.6\nsmtpd_banner = $myhostname ESMTP\n# Overrides #\n"
+SASL_SQL_MAP = "user = mailcow\npassword = x\nhosts = unix:/var/run/mysqld/mysqld.sock\ndbname = mailcow\nquery = SELECT 1\n"
+DOVECOT_CONF = "protocols = imap\nssl = no\n!include_try /etc/dovecot/extra.conf\n"
 
 class Home:
     def __init__(self, tmp: Path, settings, netns: Netns, user: str = "root"):
@@ -49,13 +58,22 @@ class Home:
         (mailcow / "mailcow.conf").write_text(MAILCOW_CONF)
         (mailcow / "docker-compose.override.yml").write_text(USER_OVERRIDE)
         (mailcow / "data/conf/postfix/extra.cf").write_text("message_size_limit = 1\n")
+        (mailcow / "data/conf/postfix/main.cf").write_text(MAIN_CF)
+        (mailcow / "data/conf/postfix/master.cf").write_text(Path("/etc/postfix/master.cf").read_text())
+        (mailcow / "data/conf/postfix/sql").mkdir()
+        (mailcow / "data/conf/postfix/sql/mysql_sasl_passwd_maps_sender_dependent.cf").write_text(SASL_SQL_MAP)
+        (mailcow / "data/conf/dovecot/dovecot.conf").write_text(DOVECOT_CONF)
         os.chmod(mailcow / "mailcow.conf", 0o600)
         self.mailcow = mailcow
-        self.docker = FakeDocker(tmp / "docker")
+        self.docker = FakeDocker(tmp / "docker", exec_locally=True)
         # Mailcow runs before mailgate arrives.
         self.docker.compose(mailcow, "up", "-d", POSTFIX, DOVECOT).check_returncode()
         systemctl = tmp / "systemctl"
-        systemctl.write_text('#!/bin/sh\nprintf "%s\\n" "$*" >> "$0.log"\n')
+        # With $0.kill present, it terminates the script that called it (SIGTERM to the
+        # process group): a run interrupted between two steps.
+        systemctl.write_text('#!/bin/sh\nprintf "%s\\n" "$*" >> "$0.log"\n'
+                             'if [ -f "$0.kill" ]; then rm -f "$0.kill"; kill -TERM 0; fi\n')
+        self.systemctl = systemctl
         systemctl.chmod(0o755)
         netns.run(["iptables", "-N", "DOCKER-USER"]).check_returncode()
         in_ns = f"ip netns exec {netns.name} "
@@ -74,16 +92,30 @@ class Home:
         return result
 
     def apply(self, settings=None, fail_on: str | None = None, password: str = PASSWORD,
-              gateway_tailnet_ip: str = GATEWAY_TAILNET_IP):
-        """What `pulumi up` does: snapshot, merge locally, ship, apply."""
+              gateway_tailnet_ip: str = GATEWAY_TAILNET_IP, mistakes: dict[str, str] | None = None,
+              commands=None):
+        """What `pulumi up` does: snapshot, merge locally, ship, apply. `mistakes`: file name
+        -> lines appended to that new file (a mistake in the merged text)."""
         settings = settings or self.settings
-        snapshot = self.run(render_home_snapshot(settings, self.commands))
+        commands = commands or self.commands
+        snapshot = self.run(render_home_snapshot(settings, commands))
         assert snapshot.returncode == 0, snapshot.stderr
         existing = originals_for_merge(settings, unpack(snapshot.stdout))
         files = home_files(settings, Deployment(gateway_tailnet_ip=gateway_tailnet_ip),
                            Secrets(relay_password=password), existing)
+        for name, lines in (mistakes or {}).items():
+            files = [dataclasses.replace(f, text=f.text + lines) if f.path.endswith(f"/{name}") else f
+                     for f in files]
         self.docker.fail_on(fail_on)
-        return self.run(render_home_apply(settings, files, self.commands), pack(files))
+        return self.run(render_home_apply(settings, files, commands), pack(files))
+
+    def systemctl_kills(self, kills: bool = True) -> None:
+        """The next systemctl call terminates the script that made it."""
+        marker = Path(f"{self.systemctl}.kill")
+        if kills:
+            marker.touch()
+        else:
+            marker.unlink(missing_ok=True)
 
     def destroy(self, fail_on: str | None = None):
         self.docker.fail_on(fail_on)
@@ -143,9 +175,13 @@ def test_first_apply_writes_merges_validates_and_recreates(home):
     assert PASSWORD in password_map.read_text()
     assert oct(password_map.stat().st_mode & 0o777) == "0o640"
     calls = home.docker_calls()
-    assert "compose config -q" in calls
-    assert any(c.startswith("compose exec -T postfix-mailcow sh -c") and "postconf" in c for c in calls)
-    assert "compose exec -T dovecot-mailcow doveconf -n" in calls
+    # Checked before anything went live: the staged files, not the live ones.
+    validated = [c for c in calls if " config -q" in c or c.startswith("compose exec")]
+    assert len(validated) == 3 and calls.index(validated[-1]) < calls.index(
+        "compose up -d --force-recreate dovecot-mailcow postfix-mailcow")
+    assert validated[0].startswith("compose --env-file /tmp/") and "/mailcow.conf -f docker-compose.yml -f" in validated[0]
+    assert validated[1].startswith("compose exec -T postfix-mailcow sh -c") and "postconf" in validated[1]
+    assert validated[2].startswith("compose exec -T dovecot-mailcow sh -c") and "doveconf" in validated[2]
     assert home.serving() == BOTH_SERVING
     for name in (POSTFIX, DOVECOT):
         assert (home.container(name).recreations, home.container(name).restarts) == (1, 0)
@@ -246,7 +282,7 @@ def test_failed_validation_rolls_everything_back_byte_for_byte(home, dev_raw):
     containers = {name: home.container(name) for name in (POSTFIX, DOVECOT)}
     result = home.apply(variant(dev_raw, relay__port=2525), fail_on="doveconf")
     assert result.returncode == 1
-    assert "doveconf refused extra.conf; restoring the previous files" in result.stderr
+    assert "doveconf refused the new extra.conf; nothing was changed" in result.stderr
     assert home.tree() == before
     # No container read the new files, so none needs to be touched to serve the old ones.
     assert {name: home.container(name) for name in (POSTFIX, DOVECOT)} == containers
@@ -362,3 +398,184 @@ def test_a_login_without_root_or_sudo_stops_at_once_and_changes_nothing(tmp_path
             assert home.tree(without_state=False) == before and home.docker.calls() == calls
         finally:
             home.sshd.stop()
+
+
+# Item 6 of issue 10: mistakes Postfix itself accepts with exit 0 (`postconf -n`), caught
+# on the staged copies, with Postfix's own words, before any live file changes.
+@pytest.mark.parametrize("mistake, message", [
+    ("smtp_tls_security_level = encrpyt\n", 'posttls-finger: fatal: Invalid TLS level "encrpyt"'),
+    ("smtp_sasl_password_maps = hashh:/opt/postfix/conf/mailgate_relay_passwd\n",
+     "postmap: fatal: unsupported dictionary type: hashh"),
+    ("smtp_tls_securty_level = encrypt\n",
+     "postconf: warning: main.cf with the new extra.cf: unused parameter: smtp_tls_securty_level=encrypt"),
+], ids=["misspelt-tls-level", "unknown-map-type", "unknown-parameter"])
+def test_a_postfix_mistake_is_refused_with_postfix_own_message_and_nothing_installed(home, mistake, message):
+    assert home.apply().returncode == 0
+    before, containers = home.tree(without_state=False), {n: home.container(n) for n in (POSTFIX, DOVECOT)}
+    result = home.apply(gateway_tailnet_ip="100.64.0.9", mistakes={"extra.cf": mistake})
+    assert result.returncode == 1
+    assert "Postfix refused the new extra.cf or relay password map; nothing was changed" in result.stderr
+    assert message in result.stderr
+    assert home.tree(without_state=False) == before
+    assert {n: home.container(n) for n in (POSTFIX, DOVECOT)} == containers
+    assert "100.64.0.9" not in home.netns.run(["iptables-save"]).stdout
+
+
+def test_a_dovecot_mistake_is_refused_with_dovecot_own_message(home):
+    assert home.apply().returncode == 0
+    before = home.tree(without_state=False)
+    result = home.apply(gateway_tailnet_ip="100.64.0.9", mistakes={"extra.conf": "mail_plugins_typo = quota\n"})
+    assert result.returncode == 1
+    assert "doveconf refused the new extra.conf; nothing was changed" in result.stderr
+    assert "doveconf: Fatal:" in result.stderr and "mail_plugins_typo" in result.stderr
+    assert home.tree(without_state=False) == before
+
+
+# Item 7: Compose as Mailcow picks it, files as the host has them.
+def test_standalone_docker_compose_is_used_when_the_plugin_is_missing(home, tmp_path):
+    home.docker = FakeDocker(home.docker.path, plugin=False, exec_locally=True)
+    (tmp_path / "bin").mkdir()
+    standalone = home.docker.standalone(tmp_path / "bin/docker-compose")
+    commands = dataclasses.replace(home.commands, docker_compose=str(standalone))
+    calls = len(home.docker.programs())
+    result = home.apply(commands=commands)
+    assert result.returncode == 0, result.stderr
+    assert home.serving() == BOTH_SERVING
+    used = home.docker.programs()[calls:]
+    assert "docker-compose" in used and home.docker.calls()[-1].startswith("compose up -d")
+    assert home.docker.programs()[-1] == "docker-compose"
+    # Neither: stop before anything changes.
+    before = home.tree(without_state=False)
+    nothing = dataclasses.replace(home.commands, docker_compose=str(tmp_path / "bin/missing"))
+    result = home.apply(gateway_tailnet_ip="100.64.0.9", commands=nothing)
+    assert result.returncode == 1
+    assert "found neither `docker compose` nor `docker-compose` of version 2 or later" in result.stderr
+    assert home.tree(without_state=False) == before
+
+
+def test_installs_keep_owner_mode_and_acls_and_write_through_symlinks(home):
+    conf = mailcow_file(home, "mailcow.conf")
+    real_conf = home.root / "srv/secrets/mailcow.conf"
+    real_conf.parent.mkdir(parents=True)
+    os.replace(conf, real_conf)
+    conf.symlink_to(real_conf)
+    extra_cf = mailcow_file(home, "data/conf/postfix/extra.cf")
+    os.chown(extra_cf, 1234, 2345)
+    os.chmod(extra_cf, 0o664)
+    acl = subprocess.run(["setfacl", "-m", "u:4321:r", str(extra_cf)], capture_output=True, text=True)
+    assert acl.returncode == 0, acl.stderr
+    result = home.apply()
+    assert result.returncode == 0, result.stderr
+    assert conf.is_symlink() and os.readlink(conf) == str(real_conf)
+    assert "SMTP_PORT_HAPROXY=" in real_conf.read_text() and oct(real_conf.stat().st_mode & 0o777) == "0o600"
+    stat = extra_cf.stat()
+    assert "relayhost" in extra_cf.read_text()
+    assert (stat.st_uid, stat.st_gid, oct(stat.st_mode & 0o777)) == (1234, 2345, "0o664")
+    assert "user:4321:r--" in subprocess.run(["getfacl", "-p", str(extra_cf)], capture_output=True,
+                                             text=True).stdout
+    result = home.destroy()
+    assert result.returncode == 0, result.stderr
+    assert conf.is_symlink() and real_conf.read_text() == MAILCOW_CONF
+
+
+# Item 4: no partial state.
+def test_a_full_disk_stops_the_run_with_nothing_changed(home, tmp_path):
+    """mailcow.conf of 13 KB on a disk with one free page: the override fits, mailcow.conf
+    does not; the override already installed goes back too."""
+    with mailcow_file(home, "mailcow.conf").open("a") as conf:
+        conf.write("".join(f"# a comment line of Mailcow's own, number {n:05d}\n" for n in range(300)))
+    copy = tmp_path / "mailcow-copy"
+    subprocess.run(["cp", "-a", str(home.mailcow), str(copy)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "mgh10-full", str(home.mailcow)], check=True)
+    try:
+        subprocess.run(["cp", "-a", f"{copy}/.", str(home.mailcow)], check=True)
+        filler = home.mailcow / "filler"
+        with filler.open("wb", buffering=0) as out:
+            try:
+                while True:
+                    out.write(b"\0" * 4096)
+            except OSError:
+                pass
+        os.truncate(filler, filler.stat().st_size - 4096)
+        before = home.tree()
+        containers = {n: home.container(n) for n in (POSTFIX, DOVECOT)}
+        result = home.apply()
+        assert result.returncode == 1
+        assert "mailcow.conf (disk full?)" in result.stderr
+        assert home.tree() == before
+        assert {n: home.container(n) for n in (POSTFIX, DOVECOT)} == containers
+        assert not home.chain_hooked()
+        state = home.root / home.settings.names.home_state_dir.lstrip("/")
+        assert not (state / "pending").exists()
+        assert not [p for p in (state / "applied").rglob("*") if p.is_file()]
+    finally:
+        subprocess.run(["umount", str(home.mailcow)], check=True)
+    # With room again, the same run goes through.
+    result = home.apply()
+    assert result.returncode == 0, result.stderr
+    assert home.serving() == BOTH_SERVING
+
+
+def test_a_run_killed_before_the_containers_is_undone_by_the_next(home):
+    """SIGTERM after every file, the firewall and the sysctl keys are in place."""
+    original = home.tree()
+    home.systemctl_kills()
+    killed = home.apply()
+    assert killed.returncode != 0 and "home updated" not in killed.stdout
+    assert home.tree() != original and home.chain_hooked()
+    home.systemctl_kills(False)
+    result = home.apply()
+    assert result.returncode == 0, result.stderr
+    assert "the previous run stopped before it finished; putting back what it changed first" in result.stderr
+    assert "home updated" in result.stdout
+    assert home.serving() == BOTH_SERVING and home.chain_hooked()
+    assert home.destroy().returncode == 0
+    assert home.tree(without_state=False) == original
+
+
+def test_a_run_killed_after_a_container_restarted_is_undone_by_the_next(home):
+    assert home.apply().returncode == 0
+    before = home.tree()
+    home.docker.kill_on(f"restart {POSTFIX}")
+    killed = home.apply(password="xsmtpsib-r0tated-relay-key")
+    assert killed.returncode != 0
+    # Postfix runs with the new map, which the next run's rollback takes away again...
+    assert home.tree() != before
+    result = home.apply()
+    assert result.returncode == 0, result.stderr
+    assert "putting back what it changed first" in result.stderr
+    assert "home already up to date" in result.stdout
+    assert home.tree() == before
+    # ...and Postfix is restarted onto the previous one.
+    assert home.serving() == BOTH_SERVING
+
+
+def test_two_runs_at_once_take_turns(home):
+    results = []
+    runs = [threading.Thread(target=lambda: results.append(home.apply())) for _ in range(2)]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join()
+    assert [r.returncode for r in results] == [0, 0], [r.stderr for r in results]
+    outputs = sorted(r.stdout.strip().splitlines()[-1] for r in results)
+    assert outputs[0] == "mailgate: home already up to date" and outputs[1].startswith("mailgate: home updated")
+    for name in (POSTFIX, DOVECOT):
+        assert home.container(name).recreations == 1
+    assert home.serving() == BOTH_SERVING
+
+
+def test_a_run_that_cannot_get_the_lock_stops_with_nothing_changed(home):
+    before = home.tree(without_state=False)
+    files = home_files(home.settings, Deployment(gateway_tailnet_ip=GATEWAY_TAILNET_IP),
+                       Secrets(relay_password=PASSWORD))
+    impatient = dataclasses.replace(home.commands, lock_wait_seconds=1)
+    held = os.open(home.mailcow, os.O_RDONLY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another run holds it
+        result = home.run(render_home_apply(home.settings, files, impatient), pack(files))
+    finally:
+        os.close(held)
+    assert result.returncode == 1
+    assert f"another mailgate run has held the lock on {home.mailcow} for 1 s; nothing was changed" in result.stderr
+    assert home.tree(without_state=False) == before

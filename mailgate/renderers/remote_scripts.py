@@ -33,11 +33,12 @@ from mailgate.layout import (
 )
 from mailgate.renderers import render_template
 from mailgate.renderers.cloud_init import GATEWAY_INPUT_CHAIN
-from mailgate.renderers.mailcow import POSTFIX_CONTAINER_CONF
+from mailgate.renderers.mailcow import POSTFIX_CONTAINER_CONF, RELAY_PASSWORD_MAP, relay_host_key
 from mailgate.renderers.sysctl import NONLOCAL_BIND_KEYS
 from mailgate.settings import Settings
 
 POSTFIX, DOVECOT = "postfix-mailcow", "dovecot-mailcow"
+DOVECOT_CONTAINER_CONF = "/etc/dovecot"
 
 RECREATE, RESTART = "recreate", "restart"
 
@@ -53,14 +54,48 @@ HOME_EFFECTS: dict[str, tuple[str, str]] = {
     POSTFIX_RELAY_MAP: (POSTFIX, RESTART),
 }
 
-# Mailcow's entrypoint builds main.cf from the part above '# Overrides #' plus extra.cf;
-# check that combination before the container is recreated with it.
+# Checks of the STAGED files, run inside the containers that will read them, which get
+# them as a tar on stdin (no single quote: each runs inside sh -c '...'). Postfix: main.cf
+# as Mailcow's entrypoint builds it (the part above '# Overrides #' plus extra.cf), once
+# with the live extra.cf and once with the new one; a warning only the new one gets is a
+# failure (`postconf -n` exits 0 for an unknown parameter), and so are a map type this
+# Postfix lacks (postmap's message), `postfix check`, a relay key the new map lacks, and
+# a TLS level Postfix does not know (the SMTP client would only log it at every delivery;
+# posttls-finger, given that level, says it at once).
 POSTFIX_CHECK = (
-    "d=$(mktemp -d); "
-    f'sed "/^# Overrides #/q" {POSTFIX_CONTAINER_CONF}/main.cf > $d/main.cf; '
-    f"cat {POSTFIX_CONTAINER_CONF}/extra.cf >> $d/main.cf; "
-    f"cp {POSTFIX_CONTAINER_CONF}/master.cf $d/; "
-    "postconf -c $d -n >/dev/null; rc=$?; rm -rf $d; exit $rc"
+    f"c={POSTFIX_CONTAINER_CONF}; d=$(mktemp -d) || exit 1; trap \"rm -rf $d\" EXIT; bad=0; "
+    "mkdir $d/live $d/new $d/in && tar -x -C $d/in || exit 1; "
+    "for v in live new; do "
+    "sed \"/^# Overrides #/q\" $c/main.cf > $d/$v/main.cf && cp $c/master.cf $d/$v/ || exit 1; done; "
+    "if [ -f $c/extra.cf ]; then cat $c/extra.cf >> $d/live/main.cf; fi; "
+    "cat $d/in/extra.cf >> $d/new/main.cf || exit 1; "
+    "for v in live new; do "
+    "postconf -c $d/$v -n 2>&1 >/dev/null | grep \"warning:\" "
+    "| sed \"s|$d/$v/main.cf|main.cf with the new extra.cf|\" | sort -u > $d/$v.warnings; done; "
+    "if comm -13 $d/live.warnings $d/new.warnings | grep .; then bad=1; fi; "
+    "types=\" $(postconf -c $d/new -m | tr \"\\n\" \" \") \"; "
+    "for p in $(sed -n \"s/^[[:space:]]*\\([a-z0-9_]*_maps\\)[[:space:]]*=.*/\\1/p\" $d/in/extra.cf); do "
+    "for spec in $(postconf -c $d/new -xh $p | tr \",\" \" \"); do "
+    "type=${spec#proxy:}; type=${type%%:*}; "
+    "case \"$types\" in *\" $type \"*) ;; *) postmap -c $d/new -q mailgate-probe \"$spec\" 2>&1; bad=1 ;; esac; "
+    "done; done; "
+    "level=$(postconf -c $d/new -h smtp_tls_security_level); "
+    "case \"$level\" in \"\"|none|may|encrypt|dane|dane-only|fingerprint|verify|secure) ;; "
+    "*) MAIL_CONFIG=$d/new posttls-finger -l \"$level\" \"[127.0.0.1]:1\" 2>&1 | grep \"fatal:\" "
+    "|| echo \"smtp_tls_security_level = $level: not a TLS security level of Postfix\"; bad=1 ;; esac; "
+    "postfix -c $d/new check 2>&1 || bad=1; "
+    "if ! postmap -c $d/new -q \"@RELAY_KEY@\" texthash:$d/in/@RELAY_MAP@ >/dev/null; then "
+    "echo \"the new relay password map has no entry for @RELAY_KEY@\"; bad=1; fi; "
+    "exit $bad"
+)
+# Dovecot: its dovecot.conf with the include of extra.conf pointed at the staged copy.
+DOVECOT_CHECK = (
+    "d=$(mktemp -d) || exit 1; trap \"rm -rf $d\" EXIT; tar -x -C $d || exit 1; "
+    f"sed \"s|{DOVECOT_CONTAINER_CONF}/extra.conf|$d/extra.conf|\" {DOVECOT_CONTAINER_CONF}/dovecot.conf > $d/dovecot.conf "
+    "|| exit 1; "
+    f"grep -q \"$d/extra.conf\" $d/dovecot.conf || {{ echo \"{DOVECOT_CONTAINER_CONF}/dovecot.conf does not include "
+    f"{DOVECOT_CONTAINER_CONF}/extra.conf\"; exit 1; }}; "
+    "doveconf -c $d/dovecot.conf -n >/dev/null"
 )
 
 
@@ -70,6 +105,8 @@ class HostCommands:
 
     root: str = ""
     docker: str = "docker"
+    docker_compose: str = "docker-compose"
+    """Home: standalone Compose v2, used when `docker compose` is missing (as Mailcow does)."""
     iptables: str = "iptables"
     ip6tables: str = "ip6tables"
     systemctl: str = "systemctl"
@@ -186,8 +223,9 @@ def home_touched_paths(settings: Settings) -> list[str]:
 
 def render_home_snapshot(settings: Settings, commands: HostCommands = HostCommands()) -> str:
     return as_root(render_template(
-        "scripts/home-snapshot.sh.j2", root=commands.root,
-        state_dir=settings.names.home_state_dir, paths=home_touched_paths(settings)))
+        "scripts/home-snapshot.sh.j2", root=commands.root, lock_wait=commands.lock_wait_seconds,
+        state_dir=settings.names.home_state_dir, mailcow_dir=settings.home.mailcow_dir,
+        paths=home_touched_paths(settings)))
 
 
 def _home_script_file(settings: Settings, rendered: RenderedFile) -> ScriptFile:
@@ -204,8 +242,12 @@ def render_home_apply(settings: Settings, files: list[RenderedFile],
     return as_root(render_template(
         "scripts/home-apply.sh.j2", root=commands.root, commands=commands, state_dir=settings.names.home_state_dir,
         mailcow_dir=settings.home.mailcow_dir, files=[_home_script_file(settings, f) for f in files],
-        firewall_path=settings.names.home_firewall_path, chain=settings.names.home_twin_chain, postfix_check=POSTFIX_CHECK,
-        sysctl_keys=NONLOCAL_BIND_KEYS,
+        firewall_path=settings.names.home_firewall_path, chain=settings.names.home_twin_chain,
+        postfix_check=POSTFIX_CHECK.replace("@RELAY_KEY@", relay_host_key(settings)).replace("@RELAY_MAP@", RELAY_PASSWORD_MAP),
+        dovecot_check=DOVECOT_CHECK, postfix_dir=str(PurePosixPath(home_path(settings, POSTFIX_EXTRA)).parent),
+        dovecot_dir=str(PurePosixPath(home_path(settings, DOVECOT_EXTRA)).parent),
+        postfix_staged=[PurePosixPath(POSTFIX_EXTRA).name, RELAY_PASSWORD_MAP],
+        sysctl_keys=NONLOCAL_BIND_KEYS, lock_wait=commands.lock_wait_seconds,
     ))
 
 
@@ -213,6 +255,7 @@ def render_home_restore(settings: Settings, commands: HostCommands = HostCommand
     return as_root(render_template(
         "scripts/home-restore.sh.j2", root=commands.root, commands=commands, state_dir=settings.names.home_state_dir,
         mailcow_dir=settings.home.mailcow_dir, chain=settings.names.home_twin_chain, sysctl_keys=NONLOCAL_BIND_KEYS,
+        lock_wait=commands.lock_wait_seconds,
         files=[ScriptFile(home_path(settings, relative), 0, services=services, action=action)
                for relative, (services, action) in HOME_EFFECTS.items()],
     ))
