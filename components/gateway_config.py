@@ -1,8 +1,10 @@
-"""GatewayConfig: lays the nginx stream config and the port firewall on the gateway.
+"""GatewayConfig: lays the nginx stream config (a file of its own beside the packaged
+nginx.conf) and the port firewall on the gateway.
 
 Resources: one `command:remote:Command`, reaching the gateway over the tailnet. It runs
-the rendered apply script (install, `nginx -t`, load the firewall, reload; put the old
-files back on failure) with the files on stdin. pulumi-command updates (re-runs) it when
+the rendered apply script (check the staged copies, install, load both firewalls, reload
+and wait until nginx listens on every port; undo everything on failure) with the files on
+stdin. pulumi-command updates (re-runs) it when
 its script, stdin or connection changes: when a file's bytes change, and on every new VM,
 whose OCID is in the script text and whose tailnet address is the connection's host.
 """

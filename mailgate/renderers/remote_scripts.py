@@ -123,7 +123,7 @@ class HostCommands:
     listening_tcp: str = "ss -ltnpH"
     """Gateway: the listening TCP sockets with their processes, as `ss -ltnpH` prints them."""
     lock_wait_seconds: int = 120
-    """Gateway: how long a run waits for another one holding the host lock."""
+    """Both hosts: how long a run waits for another one holding the host lock."""
     listen_wait_seconds: int = 30
     """Gateway: how long nginx may take after a start or reload to listen on every port."""
 
