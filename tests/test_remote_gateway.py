@@ -8,6 +8,7 @@ through the HostCommands the script is rendered with.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import threading
 import time
@@ -114,6 +115,22 @@ def listening(gateway, port: int) -> bool:
     return probe.returncode == 0
 
 
+@contextlib.contextmanager
+def squatting(gateway, port: int):
+    """Another program holds `port` on the public address for the duration."""
+    squatter = subprocess.Popen(["ip", "netns", "exec", gateway["netns"].name, "python3", "-c",
+                                 f"import socket,time; s=socket.create_server(('{PUBLIC}', {port})); time.sleep(60)"])
+    try:
+        for _ in range(50):
+            if listening(gateway, port):
+                break
+            time.sleep(0.1)
+        yield
+    finally:
+        squatter.kill()
+        squatter.wait()
+
+
 def chain(gateway) -> list[str]:
     return [line for line in gateway["netns"].run(["iptables-save"]).stdout.splitlines() if "MAILGATE-IN" in line]
 
@@ -187,17 +204,8 @@ def test_nothing_changed_and_nginx_cannot_start_fails_with_the_reason(gateway, d
     assert apply(gateway, files).returncode == 0
     stop_nginx(gateway)
     # Something else took port 25 while nginx was down.
-    squatter = subprocess.Popen(["ip", "netns", "exec", gateway["netns"].name, "python3", "-c",
-                                 f"import socket,time; s=socket.create_server(('{PUBLIC}', 25)); time.sleep(60)"])
-    try:
-        for _ in range(50):
-            if listening(gateway, 25):
-                break
-            time.sleep(0.1)
+    with squatting(gateway, 25):
         again = apply(gateway, files)
-    finally:
-        squatter.kill()
-        squatter.wait()
     assert again.returncode == 1, again.stdout
     assert "already up to date" not in again.stdout
     assert "nginx does not serve them" in again.stderr and "Address already in use" in again.stderr
@@ -206,18 +214,9 @@ def test_nothing_changed_and_nginx_cannot_start_fails_with_the_reason(gateway, d
 def test_nginx_that_cannot_serve_the_new_config_rolls_everything_back(gateway, dev_raw):
     start_nginx(gateway)
     before_chain = chain(gateway)
-    squatter = subprocess.Popen(["ip", "netns", "exec", gateway["netns"].name, "python3", "-c",
-                                 f"import socket,time; s=socket.create_server(('{PUBLIC}', 25)); time.sleep(60)"])
-    try:
-        for _ in range(50):
-            if listening(gateway, 25):
-                break
-            time.sleep(0.1)
+    with squatting(gateway, 25):
         # nginx -t passes (it does not bind), the reload cannot bind 25: noticed, undone.
         result = apply(gateway, files_for(variant(dev_raw, services=["smtp"]), gateway["runtime"]))
-    finally:
-        squatter.kill()
-        squatter.wait()
     assert result.returncode == 1, result.stdout
     assert "does not listen on port(s) 25" in result.stderr
     assert not installed(gateway, NGINX_STREAM).exists()
