@@ -11,7 +11,6 @@ a temporary root, a network namespace and a recording `docker`.
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import re
 import tarfile
@@ -174,10 +173,6 @@ def unpack(bundle: str) -> dict[str, str]:
             if member.isfile():
                 files["/" + member.name.lstrip("./")] = archive.extractfile(member).read().decode()
     return files
-
-
-def content_hash(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 AS_ROOT_DELIMITER = "MAILGATE_STEP_AS_ROOT"
