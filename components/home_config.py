@@ -1,12 +1,12 @@
-"""HomeConfig: Mailcow's user files, the twin-port firewall and the Docker drop-in on
-the Mini PC, applied safely and given back on destroy.
+"""HomeConfig: mailgate's blocks in Mailcow's user files, the twin-port firewall, the
+Docker drop-in and the sysctl file on the Mini PC, applied safely and taken back on destroy.
 
-Resources: two `command:remote:Command`s.
-- `-snapshot` backs up the pristine originals on the host (once) and returns them as a
-  secret: mailgate merges into the user's own text with its pure renderers.
-- `-apply` installs the merged files (stdin, secret), validates them in the containers,
-  recreates or restarts only the affected containers, rolls back on failure; its `delete`
-  restores every original byte for byte. Changed content is an update, never a replace.
+Resources: one `command:remote:Command`, `-apply`. Its stdin (secret) holds mailgate's
+blocks and its own files; the script splices each block into the live file as the host
+has it at that moment, validates the result in the containers, recreates or restarts only
+the affected containers and rolls back on failure. Its `delete` takes the blocks out of
+the live files and deletes the files mailgate created. Changed content is an update,
+never a replace.
 """
 
 from __future__ import annotations
@@ -21,12 +21,9 @@ from mailgate.deployment import Deployment
 from mailgate.layout import Secrets, home_files
 from mailgate.renderers.remote_scripts import (
     DEPLOY_TARGETS,
-    originals_for_merge,
-    pack,
+    home_bundle,
     render_home_apply,
     render_home_restore,
-    render_home_snapshot,
-    unpack,
 )
 from mailgate.settings import Settings
 
@@ -47,23 +44,13 @@ class HomeConfig(pulumi.ComponentResource):
         settings = args.settings
         connection = home_connection(settings, args.private_key, args.gateway_address,
                                      args.gateway_private_key)
-        self.snapshot = remote.Command(
-            f"{name}-snapshot",
-            connection=connection,
-            create=render_home_snapshot(settings, DEPLOY_TARGETS["home"]),
-            logging=remote.Logging.NONE,
-            opts=step_options(self),
-        )
 
         def bundle(values: list) -> str:
-            snapshot, gateway_ip, password = values
-            existing = originals_for_merge(settings, unpack(snapshot))
-            files = home_files(settings, Deployment(gateway_tailnet_ip=gateway_ip),
-                               Secrets(relay_password=password), existing)
-            return pack(files)
+            gateway_ip, password = values
+            return home_bundle(settings, home_files(settings, Deployment(gateway_tailnet_ip=gateway_ip),
+                                                    Secrets(relay_password=password)))
 
-        payload = pulumi.Output.secret(pulumi.Output.all(
-            self.snapshot.stdout, args.gateway_tailnet_ip, args.relay_password).apply(bundle))
+        payload = pulumi.Output.secret(pulumi.Output.all(args.gateway_tailnet_ip, args.relay_password).apply(bundle))
         # The apply script names files and services only; it holds no secret.
         script = render_home_apply(settings, home_files(settings, Deployment(), Secrets()),
                                    DEPLOY_TARGETS["home"])
@@ -73,12 +60,12 @@ class HomeConfig(pulumi.ComponentResource):
             create=script,
             update=script,
             delete=render_home_restore(settings, DEPLOY_TARGETS["home"]),
-            # The merged files travel on stdin, so a change of any byte is an update that
+            # The blocks and files travel on stdin, so a change of any byte is an update that
             # re-runs `update`. Never `triggers`: pulumi-command replaces on their change,
             # and a replacement ends with the OLD resource's delete, the restore script,
             # which would undo the new files.
             stdin=payload,
             logging=remote.Logging.NONE,
-            opts=step_options(self, depends_on=[self.snapshot]),
+            opts=step_options(self),
         )
         self.register_outputs({})

@@ -29,6 +29,7 @@ from mailgate.renderers.tailscale_policy import render_policy_snippet
 from mailgate.settings import Settings
 
 GATEWAY, HOME, PUBLISH = "gateway", "home", "publish"
+BLOCK, COMPOSE = "block", "compose"
 
 # Where the home-side files sit relative to the Mailcow checkout.
 COMPOSE_OVERRIDE = "docker-compose.override.yml"
@@ -56,6 +57,10 @@ class RenderedFile:
     text: str
     mode: int = 0o644
     secret: bool = False
+    splice: str = ""
+    """A home file shared with Mailcow and its user: BLOCK (key = value lines) or COMPOSE
+    (the override). `text` is then mailgate's block alone, which the host splices into
+    the live file at each run (see managed_block); `mode` is for a file it creates."""
 
 
 @dataclass(frozen=True)
@@ -84,24 +89,17 @@ def gateway_files(settings: Settings, secrets: Secrets = Secrets()) -> list[Rend
     return files
 
 
-def home_files(
-    settings: Settings,
-    deployment: Deployment,
-    secrets: Secrets = Secrets(),
-    existing: dict[str, str] | None = None,
-) -> list[RenderedFile]:
-    """`existing` maps a Mailcow-relative path to the user's current text, to merge into."""
-    existing = existing or {}
+def home_files(settings: Settings, deployment: Deployment, secrets: Secrets = Secrets()) -> list[RenderedFile]:
+    """Shared files hold mailgate's block only: each is the whole file where the host has
+    none, and is spliced into the one it has."""
     names = settings.names
     return [
-        RenderedFile(HOME, home_path(settings, COMPOSE_OVERRIDE),
-                     render_compose_override(settings, existing.get(COMPOSE_OVERRIDE))),
-        RenderedFile(HOME, home_path(settings, MAILCOW_CONF),
-                     render_mailcow_conf(settings, existing.get(MAILCOW_CONF)), 0o600),
-        RenderedFile(HOME, home_path(settings, DOVECOT_EXTRA),
-                     render_dovecot_extra(settings, deployment, existing.get(DOVECOT_EXTRA))),
-        RenderedFile(HOME, home_path(settings, POSTFIX_EXTRA),
-                     render_postfix_extra(settings, existing.get(POSTFIX_EXTRA))),
+        RenderedFile(HOME, home_path(settings, COMPOSE_OVERRIDE), render_compose_override(settings),
+                     splice=COMPOSE),
+        RenderedFile(HOME, home_path(settings, MAILCOW_CONF), render_mailcow_conf(settings), 0o600, splice=BLOCK),
+        RenderedFile(HOME, home_path(settings, DOVECOT_EXTRA), render_dovecot_extra(settings, deployment),
+                     splice=BLOCK),
+        RenderedFile(HOME, home_path(settings, POSTFIX_EXTRA), render_postfix_extra(settings), splice=BLOCK),
         RenderedFile(HOME, home_path(settings, POSTFIX_RELAY_MAP),
                      render_relay_password_map(settings, secrets.relay_password), 0o640, secret=True),
         RenderedFile(HOME, names.home_firewall_path, render_home_firewall(settings, deployment), 0o640),

@@ -1,57 +1,49 @@
-"""A marked block inside a file the user also edits (mailcow.conf, extra.cf, extra.conf).
+"""mailgate's marked block inside a file the user and Mailcow also edit (mailcow.conf,
+extra.cf, extra.conf, docker-compose.override.yml).
 
-mailgate owns only the lines between its markers; everything else stays as the user
-wrote it. Merging again with the same block returns the same text (idempotent). The
-markers name the stack, so two stacks sharing a file never touch each other's block.
+mailgate owns only the lines between its markers; every other line stays as the host
+has it. The block is spliced into the LIVE file on the host at every run (the awk
+programs beside the scripts, `block.awk` and `compose.awk`), so a Mailcow update or a
+user's edit outside the block never conflicts with mailgate, and `destroy` takes out
+only the block. The markers name the stack, so two stacks sharing a file never touch
+each other's block.
+
+Here: the marker lines and the block's text; the host side does the splicing.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+AWK_DIR = Path(__file__).resolve().parent / "templates" / "scripts"
+BLOCK_AWK = AWK_DIR / "block.awk"
+COMPOSE_AWK = AWK_DIR / "compose.awk"
+
+
+def marker_prefix(stack: str) -> str:
+    """What a BEGIN line starts with (followed by the end of the line, ':' or a blank):
+    the words after it may change between versions without orphaning a block."""
+    return f"# BEGIN mailgate {stack}"
+
 
 def markers(stack: str) -> tuple[str, str]:
     """The stack's BEGIN and END lines."""
-    return (f"# BEGIN mailgate {stack}: managed by pulumi, edits inside this block are overwritten",
+    return (f"{marker_prefix(stack)}: written by pulumi up from the stack config; an edit "
+            "inside this block stops the next up",
             f"# END mailgate {stack}")
 
 
-def _line(text: str, line: str, start: int = 0) -> int:
-    """Offset of `line` as a whole line of `text` at or after `start`, else -1."""
-    at = start
-    while (at := text.find(line, at)) >= 0:
-        whole = (at == 0 or text[at - 1] == "\n") and text[at + len(line):at + len(line) + 1] in ("", "\n")
-        if whole:
-            return at
-        at += 1
-    return -1
-
-
-def _span(text: str, stack: str) -> tuple[int, int] | None:
-    """Start and end (after the END line's newline) of the stack's block, if any."""
+def block_text(body: str, stack: str) -> str:
+    """The block as it stands in a file: BEGIN line, body, END line."""
     begin, end = markers(stack)
-    start = _line(text, begin)
-    if start < 0:
-        return None
-    stop = _line(text, end, start)
-    if stop < 0:
-        raise ValueError(f"found the mailgate {stack} BEGIN marker without its END marker")
-    stop += len(end)
-    return start, stop + 1 if text[stop:stop + 1] == "\n" else stop
+    return f"{begin}\n{body.rstrip()}\n{end}\n"
 
 
-def merge_block(existing: str | None, body: str, stack: str) -> str:
-    """Put `body` between the stack's markers, replacing its earlier block in place."""
+def awk_variables(stack: str) -> dict[str, str]:
+    """The `-v` assignments both awk programs take (none holds a quote or a backslash)."""
     begin, end = markers(stack)
-    block = f"{begin}\n{body.rstrip()}\n{end}\n"
-    text = existing or ""
-    span = _span(text, stack)
-    if span:
-        return text[:span[0]] + block + text[span[1]:]
-    if text and not text.endswith("\n"):
-        text += "\n"
-    return text + block
-
-
-def remove_block(text: str, stack: str) -> str:
-    """The text without the stack's block (what merge_block added to an empty file)."""
-    span = _span(text, stack)
-    return text if span is None else text[:span[0]] + text[span[1]:]
+    values = {"begin_prefix": marker_prefix(stack), "begin_line": begin, "end_line": end}
+    for value in values.values():
+        if any(c in value for c in "'\\\n"):
+            raise ValueError(f"a marker may not hold a quote, a backslash or a newline: {value!r}")
+    return values

@@ -19,8 +19,6 @@ from pulumi.runtime import config as runtime_config
 from pulumi.runtime import mocks, rpc, settings as runtime_settings
 from pulumi.runtime.stack import wait_for_rpcs
 
-from mailgate.layout import RenderedFile
-from mailgate.renderers.remote_scripts import pack
 from tests.conftest import ROOT
 
 PROJECT, STACK = "mailgate", "dev"
@@ -97,10 +95,6 @@ def shapes_answer(names) -> dict[str, Any]:
     return {"shapes": [SHAPES[name] for name in names]}
 
 
-HOME_MAILCOW_CONF = "MAILCOW_HOSTNAME=mail.example.com\nDBPASS=db-secret-in-snapshot\n"
-HOME_SNAPSHOT = pack([RenderedFile("home", "/opt/mailcow-dockerized/mailcow.conf", HOME_MAILCOW_CONF)])
-
-
 def provider_outputs(args: pulumi.runtime.MockResourceArgs) -> dict[str, Any]:
     """Outputs the OCI and Tailscale providers compute on create (camelCase, as they do)."""
     if args.typ == "oci:Core/vcn:Vcn" and args.inputs.get("isIpv6enabled"):
@@ -112,9 +106,6 @@ def provider_outputs(args: pulumi.runtime.MockResourceArgs) -> dict[str, Any]:
     if args.typ == "oci:ObjectStorage/preauthrequest:Preauthrequest":
         access_uri = (f"/p/{PAR_TOKEN}/n/{args.inputs['namespace']}/b/{args.inputs['bucket']}/o/")
         return {"accessUri": access_uri, "fullPath": OBJECT_STORAGE + access_uri}
-    if args.typ == "command:remote:Command" and args.name.endswith("-snapshot"):
-        # The home's pristine originals, as the snapshot script prints them.
-        return {"stdout": HOME_SNAPSHOT}
     return {}
 
 

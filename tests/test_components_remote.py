@@ -7,7 +7,8 @@ import copy
 from google.protobuf import json_format
 
 from components.ssh import DIAL_ERROR_LIMIT, DIAL_TIMEOUT_SECONDS
-from mailgate.renderers.remote_scripts import unpack
+from mailgate.managed_block import block_text
+from mailgate.renderers.remote_scripts import BLOCKS_DIR, unpack
 from tests import pulumi_harness as h
 from tests.pulumi_harness import plain, run_program, secret_paths
 
@@ -43,7 +44,7 @@ def test_gateway_step_runs_after_the_vm_and_only_when_the_files_change(dev_raw):
     assert urn_of(run, "gateway-enrolment-object") in options["dependencies"]
 
 
-def test_home_step_sends_secrets_only_on_stdin_and_merges_into_the_users_files(dev_raw):
+def test_home_step_sends_secrets_only_on_stdin_and_only_mailgates_blocks(dev_raw):
     run = run_program(dev_raw, secrets={"relayPassword": PASSWORD})
     inputs, options, sent = command(run, "home-config-apply")
     assert secret_paths(sent) >= {"stdin"}
@@ -55,23 +56,18 @@ def test_home_step_sends_secrets_only_on_stdin_and_merges_into_the_users_files(d
     assert inputs["logging"] == "none"
     assert {"stdout", "stderr"} <= set(options["additional_secret_outputs"])
     files = unpack(inputs["stdin"])
-    conf = files["/opt/mailcow-dockerized/mailcow.conf"]
-    assert conf.startswith(h.HOME_MAILCOW_CONF) and "SMTP_PORT_HAPROXY=100.64.0.2:10025" in conf
+    # Shared files: mailgate's block only, for the host to splice into the live file.
+    conf = files[f"{BLOCKS_DIR}/opt/mailcow-dockerized/mailcow.conf"]
+    assert conf == block_text(conf.split("\n", 1)[1].rsplit("# END", 1)[0], "dev")
+    assert "SMTP_PORT_HAPROXY=100.64.0.2:10025" in conf
+    assert "/opt/mailcow-dockerized/mailcow.conf" not in files
     assert files["/opt/mailcow-dockerized/data/conf/postfix/mailgate_relay_passwd"].endswith(f":{PASSWORD}\n")
     assert f"haproxy_trusted_networks = {h.GATEWAY_TAILNET_IPV4}/32" in (
-        files["/opt/mailcow-dockerized/data/conf/dovecot/extra.conf"])
+        files[f"{BLOCKS_DIR}/opt/mailcow-dockerized/data/conf/dovecot/extra.conf"])
     assert "mailgate: home restored" in inputs["delete"]
-    # After the snapshot, and after the gateway's tailnet address is known.
-    assert urn_of(run, "home-config-snapshot") in options["dependencies"]
+    # One step, run once the gateway's tailnet address is known.
+    assert [r.name for r in run.resources if r.name.startswith("home-config-")] == ["home-config-apply"]
     assert run.events.index("tailscale:index/getDevice:getDevice") < run.events.index("home-config-apply")
-
-
-def test_home_snapshot_output_is_secret_and_unlogged(dev_raw):
-    run = run_program(dev_raw)
-    inputs, options, _ = command(run, "home-config-snapshot")
-    assert inputs["logging"] == "none"
-    assert {"stdout", "stderr"} <= set(options["additional_secret_outputs"])
-    assert "delete" not in inputs  # destroy is the apply step's job
 
 
 def test_host_key_pinning_and_jump_through_the_gateway(dev_raw, dev_settings):

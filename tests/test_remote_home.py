@@ -21,16 +21,14 @@ import pytest
 
 from mailgate.deployment import Deployment
 from mailgate.layout import Secrets, home_files
+from mailgate.managed_block import markers
 from mailgate.renderers.remote_scripts import (
     DOVECOT,
     POSTFIX,
     HostCommands,
-    originals_for_merge,
-    pack,
+    home_bundle,
     render_home_apply,
     render_home_restore,
-    render_home_snapshot,
-    unpack,
 )
 from tests.fake_docker import Container, FakeDocker
 from tests.settings_variants import variant
@@ -39,7 +37,7 @@ from tests.validators import Netns
 
 PASSWORD = "xsmtpsib-Sup3r-s3cret-relay-key"
 USER_OVERRIDE = "services:\n  rspamd-mailcow:\n    environment:\n      - MINE=1  # keep\n"
-MAILCOW_CONF = "MAILCOW_HOSTNAME=mail.example.com\nDBPASS=db-secret-not-ours\n"
+MAILCOW_CONF = "MAILCOW_HOSTNAME=mail.example.com\nDBPASS=db-secret-not-ours\nSOLR_PORT=127.0.0.1:18983\n"
 GATEWAY_TAILNET_IP = "100.64.0.1"
 BOTH_SERVING = {POSTFIX: True, DOVECOT: True}
 # Mailcow's own files that the staged checks read inside the containers (the fake docker
@@ -94,20 +92,18 @@ class Home:
     def apply(self, settings=None, fail_on: str | None = None, password: str = PASSWORD,
               gateway_tailnet_ip: str = GATEWAY_TAILNET_IP, mistakes: dict[str, str] | None = None,
               commands=None):
-        """What `pulumi up` does: snapshot, merge locally, ship, apply. `mistakes`: file name
-        -> lines appended to that new file (a mistake in the merged text)."""
+        """What `pulumi up` does: render, ship, apply. `mistakes`: file name -> lines put
+        at the end of mailgate's block in that file (a mistake in what mailgate sends)."""
         settings = settings or self.settings
         commands = commands or self.commands
-        snapshot = self.run(render_home_snapshot(settings, commands))
-        assert snapshot.returncode == 0, snapshot.stderr
-        existing = originals_for_merge(settings, unpack(snapshot.stdout))
         files = home_files(settings, Deployment(gateway_tailnet_ip=gateway_tailnet_ip),
-                           Secrets(relay_password=password), existing)
+                           Secrets(relay_password=password))
+        end = markers(settings.names.stack)[1] + "\n"
         for name, lines in (mistakes or {}).items():
-            files = [dataclasses.replace(f, text=f.text + lines) if f.path.endswith(f"/{name}") else f
+            files = [dataclasses.replace(f, text=f.text.replace(end, lines + end)) if f.path.endswith(f"/{name}") else f
                      for f in files]
         self.docker.fail_on(fail_on)
-        return self.run(render_home_apply(settings, files, commands), pack(files))
+        return self.run(render_home_apply(settings, files, commands), home_bundle(settings, files))
 
     def systemctl_kills(self, kills: bool = True) -> None:
         """The next systemctl call terminates the script that made it."""
@@ -306,14 +302,128 @@ def test_failure_after_a_container_loaded_new_files_loads_the_old_ones_again(hom
     assert home.serving() == BOTH_SERVING
 
 
-def test_hand_edits_stop_the_run_before_anything_changes(home, dev_raw):
+def replay_mailcow_update(home: Home) -> None:
+    """What Mailcow's update.sh does to mailcow.conf (_modules/scripts/migrate_options.sh,
+    new_options.sh): ensure a final newline, delete a retired option with `sed -i` (a new
+    file: new inode, ACLs gone), append new options at the end, chmod 600."""
+    conf = mailcow_file(home, "mailcow.conf")
+    subprocess.run(["sed", "-i", "--follow-symlinks", "$a\\", str(conf)], check=True)
+    subprocess.run(["sed", "-i", r"/\bSOLR_PORT\b/d", str(conf)], check=True)
+    with conf.open("a") as out:
+        out.write("# IPv6 for the containers\nENABLE_IPV6=true\n")
+    os.chmod(conf, 0o600)
+
+
+def replay_postfix_start(home: Home) -> None:
+    """What postfix-mailcow's start script (data/Dockerfiles/postfix/postfix.sh) does to
+    extra.cf at every start: drop myhostname lines, write its own at the top (in place)."""
+    extra_cf = mailcow_file(home, "data/conf/postfix/extra.cf")
+    subprocess.run(["bash", "-c", 'sed -i "/\\$myhostname/! { /myhostname/d }" "$1"; '
+                    'echo -e "myhostname = mail.example.com\n$(cat "$1")" > "$1"', "sh", str(extra_cf)], check=True)
+
+
+def test_a_mailcow_update_between_two_ups_and_before_destroy_survives(home, dev_raw):
+    """Item 2 of issue 10: mailgate owns only its blocks, on the live files."""
+    os.chmod(mailcow_file(home, "mailcow.conf"), 0o644)
     assert home.apply().returncode == 0
-    with mailcow_file(home, "mailcow.conf").open("a") as conf:
-        conf.write("MY_NEW_SETTING=1\n")
-    before = home.tree()
+    replay_mailcow_update(home)
+    replay_postfix_start(home)
+    # update.sh ends with `docker compose up -d`: the containers take the new mailcow.conf.
+    home.docker.compose(home.mailcow, "up", "-d", POSTFIX, DOVECOT).check_returncode()
+    assert home.serving() == BOTH_SERVING
+    updated_conf = mailcow_file(home, "mailcow.conf").read_text()
+    assert "ENABLE_IPV6=true" in updated_conf and "SOLR_PORT" not in updated_conf
+    # Same settings: the files already hold mailgate's blocks, whoever changed the rest.
+    again = home.apply()
+    assert again.returncode == 0, again.stderr
+    assert "home already up to date" in again.stdout
+    # New settings: the blocks change in place, the update's lines stay.
+    changed = home.apply(variant(dev_raw, relay__port=2525), gateway_tailnet_ip="100.64.0.9")
+    assert changed.returncode == 0, changed.stderr
+    conf = mailcow_file(home, "mailcow.conf")
+    assert conf.read_text().endswith("# IPv6 for the containers\nENABLE_IPV6=true\n")
+    assert oct(conf.stat().st_mode & 0o777) == "0o600"
+    extra_cf = mailcow_file(home, "data/conf/postfix/extra.cf").read_text()
+    assert extra_cf.startswith("myhostname = mail.example.com\nmessage_size_limit = 1\n")
+    assert "relayhost = [smtp-relay.brevo.com]:2525" in extra_cf
+    assert home.serving() == BOTH_SERVING
+    # destroy takes out mailgate's blocks only: the update stays.
+    result = home.destroy()
+    assert result.returncode == 0, result.stderr
+    assert conf.read_text() == (MAILCOW_CONF.replace("SOLR_PORT=127.0.0.1:18983\n", "")
+                                + "# IPv6 for the containers\nENABLE_IPV6=true\n")
+    assert mailcow_file(home, "data/conf/postfix/extra.cf").read_text() == (
+        "myhostname = mail.example.com\nmessage_size_limit = 1\n")
+    assert not mailcow_file(home, "data/conf/dovecot/extra.conf").exists()  # mailgate created it
+    assert not mailcow_file(home, "data/conf/postfix/mailgate_relay_passwd").exists()
+    assert home.serving() == BOTH_SERVING
+
+
+def test_an_edit_inside_a_block_is_refused_with_the_block_and_the_way_out(home, dev_raw):
+    assert home.apply().returncode == 0
+    conf = mailcow_file(home, "mailcow.conf")
+    conf.write_text(conf.read_text().replace("SMTP_PORT_HAPROXY=100.64.0.2:10025", "SMTP_PORT_HAPROXY=0.0.0.0:10025"))
+    before = home.tree(without_state=False)
     result = home.apply(variant(dev_raw, relay__port=2525))
-    assert result.returncode == 1 and "mailcow.conf changed since mailgate wrote it" in result.stderr
-    assert home.tree() == before
+    assert result.returncode == 1
+    record = f"{home.root}{home.settings.names.home_state_dir}/blocks{home.settings.home.mailcow_dir}/mailcow.conf"
+    assert (f"mailgate's block in {home.settings.home.mailcow_dir}/mailcow.conf was edited since mailgate wrote it; "
+            "nothing was changed:") in result.stderr
+    assert "\n-SMTP_PORT_HAPROXY=100.64.0.2:10025\n+SMTP_PORT_HAPROXY=0.0.0.0:10025\n" in result.stderr
+    assert result.stderr.rstrip().endswith(f"sudo rm {record}")
+    assert home.tree(without_state=False) == before
+    # The one command it names, then the block is mailgate's again.
+    os.remove(record)
+    result = home.apply(variant(dev_raw, relay__port=2525))
+    assert result.returncode == 0, result.stderr
+    assert "SMTP_PORT_HAPROXY=100.64.0.2:10025" in conf.read_text() and "0.0.0.0" not in conf.read_text()
+    assert home.serving() == BOTH_SERVING
+
+
+def test_a_later_line_for_a_key_of_the_block_is_refused(home):
+    assert home.apply().returncode == 0
+    conf = mailcow_file(home, "mailcow.conf")
+    with conf.open("a") as out:
+        out.write("SMTP_PORT_HAPROXY=0.0.0.0:10025\n")
+    before = home.tree(without_state=False)
+    result = home.apply(gateway_tailnet_ip="100.64.0.9")
+    assert result.returncode == 1
+    assert ("mailcow.conf sets a key of mailgate's block again after the block, and the last value wins; "
+            "nothing was changed:") in result.stderr
+    assert "SMTP_PORT_HAPROXY=0.0.0.0:10025" in result.stderr and "move it above mailgate's block" in result.stderr
+    assert home.tree(without_state=False) == before
+
+
+def test_a_file_of_mailgate_edited_by_hand_is_refused(home, dev_raw):
+    assert home.apply().returncode == 0
+    password_map = mailcow_file(home, "data/conf/postfix/mailgate_relay_passwd")
+    password_map.write_text("[smtp-relay.brevo.com]:587 someone:else\n")
+    before = home.tree(without_state=False)
+    result = home.apply(variant(dev_raw, relay__port=2525))
+    assert result.returncode == 1
+    assert "mailgate_relay_passwd changed since mailgate wrote it; nothing was changed" in result.stderr
+    assert home.tree(without_state=False) == before
+
+
+def test_an_override_mailgate_created_is_deleted_by_destroy(home):
+    mailcow_file(home, "docker-compose.override.yml").unlink()
+    original = home.tree()
+    result = home.apply()
+    assert result.returncode == 0, result.stderr
+    assert "${SMTP_PORT_HAPROXY:?" in mailcow_file(home, "docker-compose.override.yml").read_text()
+    assert home.destroy().returncode == 0
+    assert home.tree(without_state=False) == original
+
+
+def test_an_override_with_another_mapping_of_a_twin_port_is_refused_with_the_line(home):
+    override = mailcow_file(home, "docker-compose.override.yml")
+    override.write_text(USER_OVERRIDE + "  postfix-mailcow:\n    ports:\n      - \"127.0.0.1:10025:10025\"\n")
+    before = home.tree(without_state=False)
+    result = home.apply()
+    assert result.returncode == 1
+    assert "mailgate cannot add its twin-port mappings to" in result.stderr
+    assert 'line 7 publishes port 10025 of postfix-mailcow (- "127.0.0.1:10025:10025")' in result.stderr
+    assert home.tree(without_state=False) == before
 
 
 def test_destroy_restores_the_original_tree_exactly(home):
@@ -385,15 +495,15 @@ def test_a_login_without_root_or_sudo_stops_at_once_and_changes_nothing(tmp_path
         home = Home(tmp_path, dev_settings, netns, login(PLAIN_LOGIN))
         try:
             before, calls = home.tree(without_state=False), home.docker.calls()
-            result = home.run(render_home_snapshot(dev_settings, home.commands))
+            files = home_files(dev_settings, Deployment(gateway_tailnet_ip=GATEWAY_TAILNET_IP),
+                               Secrets(relay_password=PASSWORD))
+            result = home.run(render_home_apply(dev_settings, files, home.commands), home_bundle(dev_settings, files))
             assert result.returncode == 1
             assert result.stderr.strip().splitlines() == [
                 f"mailgate: {PLAIN_LOGIN}@{socket.gethostname()} is neither root nor allowed "
                 "passwordless sudo; nothing was changed. Log in as root, or allow it: echo "
                 f"'{PLAIN_LOGIN} ALL=(root) NOPASSWD: ALL' | sudo tee /etc/sudoers.d/mailgate"]
-            files = home_files(dev_settings, Deployment(gateway_tailnet_ip=GATEWAY_TAILNET_IP),
-                               Secrets(relay_password=PASSWORD))
-            result = home.run(render_home_apply(dev_settings, files, home.commands), pack(files))
+            result = home.run(render_home_restore(dev_settings, home.commands))
             assert result.returncode == 1 and "nothing was changed" in result.stderr
             assert home.tree(without_state=False) == before and home.docker.calls() == calls
         finally:
@@ -573,7 +683,7 @@ def test_a_run_that_cannot_get_the_lock_stops_with_nothing_changed(home):
     held = os.open(home.mailcow, os.O_RDONLY)
     try:
         fcntl.flock(held, fcntl.LOCK_EX)  # another run holds it
-        result = home.run(render_home_apply(home.settings, files, impatient), pack(files))
+        result = home.run(render_home_apply(home.settings, files, impatient), home_bundle(home.settings, files))
     finally:
         os.close(held)
     assert result.returncode == 1

@@ -19,6 +19,7 @@ from mailgate.renderers.firewall import render_home_firewall
 from mailgate.renderers.mailcow import render_docker_after_tailscale, render_mailcow_conf
 from tests.settings_variants import variant
 from tests.conftest import need_program
+from tests.splice import Splicer
 from tests.validators import Netns, compose_config, iptables_restore
 
 USER_OVERRIDE = """\
@@ -65,31 +66,85 @@ def test_compose_refuses_the_override_without_mailgates_variables(dev_settings, 
         compose_config(render_compose_override(dev_settings), "", tmp_path)
 
 
-def test_user_override_keeps_its_services_and_comments(dev_settings, tmp_path):
-    merged = render_compose_override(dev_settings, USER_OVERRIDE)
-    assert "# my own additions" in merged and "# keep me" in merged
+def spliced(settings, live: str | None, tmp_path) -> str:
+    result = Splicer(tmp_path / "host").compose(settings, live)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def twin_mappings(config: dict, settings) -> dict[str, list[str]]:
+    """Every published twin port of each service, as Compose resolved it."""
+    twins = {str(s.home_port) for s in catalogue.PROXY_SERVICES}
+    return {container: sorted(p for p in published(config, container) if p.rsplit(":", 1)[-1].split("/")[0] in twins)
+            for container in ("postfix-mailcow", "dovecot-mailcow")}
+
+
+def expected_twins(settings) -> dict[str, list[str]]:
+    expected: dict[str, list[str]] = {"postfix-mailcow": [], "dovecot-mailcow": []}
+    for service in settings.enabled_services:
+        expected[service.container].append(f"100.64.0.2:{service.home_port}:{service.home_port}/tcp")
+    return {container: sorted(ports) for container, ports in expected.items()}
+
+
+def test_user_override_keeps_every_line_and_gets_the_twin_ports(dev_settings, tmp_path):
+    merged = spliced(dev_settings, USER_OVERRIDE, tmp_path)
+    # Every line of the user's file is still there, in order, untouched: without
+    # mailgate's blocks (destroy's view) the file is the user's again, byte for byte.
+    assert Splicer(tmp_path / "host").remove(merged) == USER_OVERRIDE
     document = yaml.safe_load(merged)
     assert document["services"]["rspamd-mailcow"] == {"environment": ["MY_SETTING=1"]}
+    # The HAPROXY example's mapping reads mailgate's variable: it publishes 10025 already.
     postfix_ports = document["services"]["postfix-mailcow"]["ports"]
-    # The HAPROXY example's mapping of 10025 gives way to mailgate's; the user's own stays.
-    assert "127.0.0.1:2525:25" in postfix_ports
-    assert [p for p in postfix_ports if p.endswith(":10025")] == [
-        "${SMTP_PORT_HAPROXY:?set by mailgate in mailcow.conf}:10025"
-    ]
+    assert [p for p in postfix_ports if p.endswith(":10025")] == ["${SMTP_PORT_HAPROXY:-127.0.0.1:10025}:10025"]
     config = compose_config(merged, render_mailcow_conf(dev_settings), tmp_path)
+    assert twin_mappings(config, dev_settings) == expected_twins(dev_settings)
     assert "127.0.0.1:2525:25/tcp" in published(config, "postfix-mailcow")
 
 
-def test_merging_again_changes_nothing(dev_settings, dev_raw):
-    once = render_compose_override(dev_settings, USER_OVERRIDE)
-    assert render_compose_override(dev_settings, once) == once
-    fewer = render_compose_override(variant(dev_raw, services=["smtp"]), USER_OVERRIDE)
-    assert "10993" not in fewer
+def test_merging_again_changes_nothing_and_follows_the_settings(dev_settings, dev_raw, tmp_path):
+    once = spliced(dev_settings, USER_OVERRIDE, tmp_path)
+    assert spliced(dev_settings, once, tmp_path) == once
+    smtp_only = variant(dev_raw, services=["smtp", "submission"])
+    fewer = spliced(smtp_only, once, tmp_path)
+    assert "10993" not in fewer and "10587" in fewer
+    assert fewer == spliced(smtp_only, USER_OVERRIDE, tmp_path)
 
 
-def test_a_non_mapping_override_is_refused(dev_settings):
-    with pytest.raises(ValueError, match="not a YAML mapping"):
-        render_compose_override(dev_settings, "- just\n- a list\n")
+@pytest.mark.parametrize("layout", [
+    # four-space indentation, a comment between services
+    "services:\n    # mine\n    postfix-mailcow:\n        environment:\n            - A=1\n"
+    "    dovecot-mailcow:\n        ports:\n            - \"127.0.0.1:4190:4190\"\n",
+    # lists written without indentation under their key, another top-level key after
+    "services:\n  dovecot-mailcow:\n    ports:\n    - 127.0.0.1:2143:143\n"
+    "    environment:\n    - B=2\nvolumes:\n  mine: {}\n",
+    # no services: at all
+    "volumes:\n  mine: {}\n",
+    # an empty file, and none
+    "", None,
+], ids=["four-spaces", "indentless-lists", "no-services", "empty", "absent"])
+def test_any_block_layout_gets_the_twin_ports_and_gives_them_back(dev_settings, tmp_path, layout):
+    merged = spliced(dev_settings, layout, tmp_path)
+    config = compose_config(merged, render_mailcow_conf(dev_settings), tmp_path)
+    assert twin_mappings(config, dev_settings) == expected_twins(dev_settings)
+    assert spliced(dev_settings, merged, tmp_path) == merged
+    assert Splicer(tmp_path / "host").remove(merged) == (layout or "")
+    if layout is None:
+        assert merged == render_compose_override(dev_settings)  # what `render` shows
+
+
+@pytest.mark.parametrize("override, message", [
+    ("services:\n  postfix-mailcow:\n    ports:\n      - \"127.0.0.1:10025:10025\"\n",
+     'line 4 publishes port 10025 of postfix-mailcow (- "127.0.0.1:10025:10025"), which mailgate publishes on the '
+     "tailnet address: delete that line, or let it read ${SMTP_PORT_HAPROXY}"),
+    ("services:\n  postfix-mailcow:\n    ports: [\"2525:25\"]\n",
+     "line 3: the ports of postfix-mailcow must be a block list (one mapping per line)"),
+    ("services: {rspamd-mailcow: {}}\n", "line 1: services: must be a block mapping"),
+], ids=["another-mapping-of-a-twin-port", "flow-list", "flow-services"])
+def test_an_override_mailgate_cannot_place_its_ports_in_is_refused_with_the_line(dev_settings, tmp_path,
+                                                                                 override, message):
+    result = Splicer(tmp_path / "host").compose(dev_settings, override)
+    assert result.returncode == 4
+    assert f"mailgate: docker-compose.override.yml: {message}" in result.stderr
 
 
 # Runs inside the namespace: connect to each twin port from a given source address.

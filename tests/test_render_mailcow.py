@@ -15,8 +15,10 @@ from mailgate.renderers.mailcow import (
     render_postfix_extra,
     render_relay_password_map,
 )
+from mailgate.renderers.compose import render_compose_override
 from tests.settings_variants import everything, variant
-from tests.validators import doveconf, postconf, postfix_check, postfix_config, postmap_query
+from tests.splice import Splicer
+from tests.validators import compose_config, doveconf, postconf, postfix_check, postfix_config, postmap_query
 
 USER_EXTRA_CF = "# my own tweak\nmessage_size_limit = 52428800\n"
 
@@ -70,10 +72,11 @@ def test_relay_password_must_be_one_line(dev_settings, password):
 
 
 def test_user_lines_in_extra_cf_are_kept_and_merging_is_idempotent(dev_settings, dev_raw, tmp_path):
-    once = render_postfix_extra(dev_settings, USER_EXTRA_CF)
+    host = Splicer(tmp_path / "host")
+    once = host.splice(USER_EXTRA_CF, render_postfix_extra(dev_settings))
     assert once.startswith(USER_EXTRA_CF)
-    assert render_postfix_extra(dev_settings, once) == once
-    changed = render_postfix_extra(variant(dev_raw, relay__port=2525), once)
+    assert host.splice(once, render_postfix_extra(dev_settings)) == once
+    changed = host.splice(once, render_postfix_extra(variant(dev_raw, relay__port=2525)))
     assert changed.count(BEGIN) == 1 and "[smtp-relay.brevo.com]:2525" in changed
     assert "]:587" not in changed
     effective = postconf(postfix_config(changed, tmp_path), "message_size_limit", "relayhost")
@@ -93,7 +96,7 @@ def test_doveconf_refuses_a_broken_extra_conf(tmp_path):
 
 def test_dovecot_extra_keeps_user_settings(dev_settings, tmp_path):
     user = "mail_max_userip_connections = 50\n"
-    text = render_dovecot_extra(dev_settings, Deployment(), user)
+    text = Splicer(tmp_path / "host").splice(user, render_dovecot_extra(dev_settings, Deployment()))
     assert text.startswith(user)
     out = doveconf(text, tmp_path, "mail_max_userip_connections", "haproxy_trusted_networks")
     assert out.split() == ["50", "100.64.0.1/32"]
@@ -123,13 +126,12 @@ SMTP_PORT_HAPROXY=127.0.0.1:10025
 """
 
 
-def test_mailcow_conf_keeps_user_lines_and_leaves_one_value_per_key(dev_settings):
-    merged = render_mailcow_conf(dev_settings, MAILCOW_CONF)
-    lines = merged.splitlines()
-    assert lines[:2] == ["MAILCOW_HOSTNAME=mail.example.com", "DBPASS=not-a-real-password"]
-    assert "#mailgate# SMTP_PORT_HAPROXY=127.0.0.1:10025" in lines
-    assert "# SKIP_IP_CHECK=n" in lines
-    active = [line for line in lines if line.startswith("SMTP_PORT_HAPROXY=")]
-    assert active == ["SMTP_PORT_HAPROXY=100.64.0.2:10025"]
-    assert lines[-1] == END
-    assert render_mailcow_conf(dev_settings, merged) == merged
+def test_mailcow_conf_keeps_user_lines_and_the_block_value_wins(dev_settings, tmp_path):
+    """An earlier line for one of the block's keys stays as it is: the block comes after
+    it, and Compose reads the last value (as Mailcow's scripts do with `source`)."""
+    merged = Splicer(tmp_path / "host").splice(MAILCOW_CONF, render_mailcow_conf(dev_settings))
+    assert merged == MAILCOW_CONF + render_mailcow_conf(dev_settings)
+    config = compose_config(render_compose_override(dev_settings), merged, tmp_path)
+    ports = {f"{p.get('host_ip', '')}:{p['published']}" if isinstance(p, dict) else p
+             for p in config["services"]["postfix-mailcow"]["ports"]}
+    assert "100.64.0.2:10025:10025/tcp" in ports and not any("127.0.0.1" in p for p in ports)

@@ -1,53 +1,42 @@
-"""docker-compose.override.yml: publish the twin ports, merged into the user's own file.
+"""docker-compose.override.yml: publish the twin ports, in mailgate's marked blocks.
 
-Round-trip YAML keeps the user's services, comments and order. A user mapping for the
-same container port (Mailcow's HAPROXY example publishes them on 127.0.0.1) is
-replaced by mailgate's, since two mappings of one port cannot both bind.
+The user's override is spliced on the host, as it is at each run (compose.awk): this
+renders what goes in. `render_compose_override` is the file as mailgate creates it where
+there is none; `compose_entries` is one line per mapping for the host to place under
+each service's `ports:` in an existing file.
 """
 
 from __future__ import annotations
 
-import io
-
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-
-from mailgate.renderers.mailcow import container_port, published_twin_ports
+from mailgate.managed_block import block_text
 from mailgate.settings import Settings
 
-HEADER = "# Twin-port entries rendered by mailgate; `pulumi destroy` restores this file.\n"
+# The host program reads the entries split on this; no field may hold it.
+ENTRY_SEPARATOR = "\t"
 
 
-def _yaml() -> YAML:
-    yaml = YAML()
-    yaml.preserve_quotes = True
-    yaml.indent(mapping=2, sequence=4, offset=2)
-    yaml.width = 4096
-    return yaml
+def twin_port_items(settings: Settings) -> list[tuple[str, int, str, str]]:
+    """(Compose service, container port, mailcow.conf variable, list item) per enabled
+    twin port. The item reads the variable that mailgate's mailcow.conf block sets; `:?`
+    makes Compose refuse to start the service without it rather than publish elsewhere."""
+    return [
+        (s.container, s.home_port, s.mailcow_variable,
+         f'- "${{{s.mailcow_variable}:?set by mailgate in mailcow.conf}}:{s.home_port}"')
+        for s in settings.enabled_services if s.mailcow_variable
+    ]
 
 
-def render_compose_override(settings: Settings, existing: str | None = None) -> str:
-    yaml = _yaml()
-    document = yaml.load(existing) if existing and existing.strip() else None
-    if document is None:
-        document = CommentedMap()
-    if not isinstance(document, dict):
-        raise ValueError("docker-compose.override.yml is not a YAML mapping; fix it by hand first")
-    services = document.setdefault("services", CommentedMap())
-    if services is None:
-        services = document["services"] = CommentedMap()
-    for container, mappings in published_twin_ports(settings).items():
-        service = services.setdefault(container, CommentedMap())
-        if service is None:
-            service = services[container] = CommentedMap()
-        ports = service.setdefault("ports", CommentedSeq())
-        ours = {container_port(m) for m in mappings}
-        kept = [p for p in ports if container_port(str(p)) not in ours or str(p) in mappings]
-        for mapping in mappings:
-            if mapping not in [str(p) for p in kept]:
-                kept.append(mapping)
-        ports[:] = kept
-    out = io.StringIO()
-    yaml.dump(document, out)
-    text = out.getvalue()
-    return text if existing and existing.strip() else HEADER + text
+def render_compose_override(settings: Settings) -> str:
+    """The override as mailgate writes it where the user has none (or one without
+    `services:`)."""
+    items: dict[str, list[str]] = {}
+    for service, _port, _variable, item in twin_port_items(settings):
+        items.setdefault(service, []).append(f"      {item}")
+    lines = ["services:"]
+    for service, service_items in items.items():
+        lines += [f"  {service}:", "    ports:", *service_items]
+    return block_text("\n".join(lines), settings.names.stack)
+
+
+def compose_entries(settings: Settings) -> str:
+    return "".join(ENTRY_SEPARATOR.join(map(str, item)) + "\n" for item in twin_port_items(settings))

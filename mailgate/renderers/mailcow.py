@@ -1,13 +1,14 @@
 """The home files inside the Mailcow checkout that Mailcow keeps for its users.
 
 mailcow.conf variables, Dovecot's extra.conf and Postfix's extra.cf are shared with the
-user: mailgate writes a marked block (see managed_block) and leaves the rest alone.
+user and with Mailcow: mailgate renders only its marked block (see managed_block), which
+the host splices into the live file.
 """
 
 from __future__ import annotations
 
 from mailgate.deployment import Deployment
-from mailgate.managed_block import merge_block
+from mailgate.managed_block import block_text
 from mailgate.settings import Settings
 
 # Inside the postfix-mailcow container, data/conf/postfix is mounted here.
@@ -31,18 +32,12 @@ def mailcow_variables(settings: Settings) -> dict[str, str]:
     return variables
 
 
-def render_mailcow_conf(settings: Settings, existing: str | None = None) -> str:
-    """mailcow.conf with mailgate's block; earlier lines setting the same keys are
-    commented out so there is one value for each key."""
-    variables = mailcow_variables(settings)
-    kept = []
-    for line in (existing or "").splitlines(keepends=True):
-        key = line.split("=", 1)[0].strip()
-        if "=" in line and not line.lstrip().startswith("#") and key in variables:
-            line = f"#mailgate# {line}"
-        kept.append(line)
-    body = "\n".join(f"{key}={value}" for key, value in variables.items())
-    return merge_block("".join(kept) or None, body, settings.names.stack)
+def render_mailcow_conf(settings: Settings) -> str:
+    """mailgate's block in mailcow.conf. An earlier line setting one of its keys (Mailcow
+    writes SKIP_IP_CHECK=n) may stay: Compose's .env and Mailcow's scripts (`source`) take
+    the last value. The host refuses a later one, which would win."""
+    body = "\n".join(f"{key}={value}" for key, value in mailcow_variables(settings).items())
+    return block_text(body, settings.names.stack)
 
 
 def relay_host_key(settings: Settings) -> str:
@@ -50,7 +45,8 @@ def relay_host_key(settings: Settings) -> str:
     return f"[{settings.relay.host}]:{settings.relay.port}"
 
 
-def render_postfix_extra(settings: Settings, existing: str | None = None) -> str:
+def render_postfix_extra(settings: Settings) -> str:
+    """mailgate's block in extra.cf (Postfix, too, takes the last value of a parameter)."""
     relay = settings.relay
     lines = [
         f"relayhost = {relay_host_key(settings)}",
@@ -66,7 +62,7 @@ def render_postfix_extra(settings: Settings, existing: str | None = None) -> str
     ]
     if relay.port == 465:
         lines.append("smtp_tls_wrappermode = yes")
-    return merge_block(existing, "\n".join(lines), settings.names.stack)
+    return block_text("\n".join(lines), settings.names.stack)
 
 
 def render_relay_password_map(settings: Settings, password: str) -> str:
@@ -75,10 +71,15 @@ def render_relay_password_map(settings: Settings, password: str) -> str:
     return f"{relay_host_key(settings)} {settings.relay.username}:{password}\n"
 
 
-def render_dovecot_extra(settings: Settings, deployment: Deployment, existing: str | None = None) -> str:
+def render_dovecot_extra(settings: Settings, deployment: Deployment) -> str:
     # Dovecot honours a PROXY header only from these networks; others are dropped.
-    return merge_block(existing, f"haproxy_trusted_networks = {deployment.gateway_tailnet_ip}/32",
-                       settings.names.stack)
+    return block_text(f"haproxy_trusted_networks = {deployment.gateway_tailnet_ip}/32", settings.names.stack)
+
+
+def block_keys(block: str) -> list[str]:
+    """The keys a block sets (`KEY=value`, `key = value`), which no later line may set."""
+    return [line.split("=", 1)[0].strip() for line in block.splitlines()
+            if "=" in line and not line.lstrip().startswith("#")]
 
 
 def render_docker_after_tailscale(firewall_rules: str, chain: str) -> str:
@@ -100,22 +101,3 @@ def render_docker_after_tailscale(firewall_rules: str, chain: str) -> str:
         f"ExecStartPost=-/bin/sh -c 'iptables-restore -w --noflush {firewall_rules} && "
         f"(iptables -w -C DOCKER-USER -j {chain} 2>/dev/null || iptables -w -I DOCKER-USER -j {chain})'\n"
     )
-
-
-def published_twin_ports(settings: Settings) -> dict[str, list[str]]:
-    """Compose service -> port mappings that publish the enabled twin ports."""
-    ports: dict[str, list[str]] = {}
-    for service in settings.enabled_services:
-        if service.mailcow_variable:
-            mapping = (
-                f"${{{service.mailcow_variable}:?set by mailgate in mailcow.conf}}"
-                f":{service.home_port}"
-            )
-            ports.setdefault(service.container, []).append(mapping)
-    return ports
-
-
-def container_port(mapping: str) -> str:
-    """'${VAR:-127.0.0.1:10025}:10025' or '127.0.0.1:10025:10025/tcp' -> '10025'."""
-    return mapping.rsplit(":", 1)[-1].split("/", 1)[0]
-

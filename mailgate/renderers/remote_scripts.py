@@ -11,6 +11,7 @@ a temporary root, a network namespace and a recording `docker`.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import re
 import tarfile
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from mailgate.layout import (
+    BLOCK,
+    COMPOSE,
     COMPOSE_OVERRIDE,
     DOVECOT_EXTRA,
     GATEWAY_FIREWALL_V4,
@@ -28,11 +31,16 @@ from mailgate.layout import (
     POSTFIX_EXTRA,
     POSTFIX_RELAY_MAP,
     RenderedFile,
+    Secrets,
+    home_files,
     home_path,
 )
+from mailgate.deployment import Deployment
 from mailgate.renderers import render_template
 from mailgate.renderers.cloud_init import GATEWAY_INPUT_CHAIN
-from mailgate.renderers.mailcow import POSTFIX_CONTAINER_CONF, RELAY_PASSWORD_MAP, relay_host_key
+from mailgate.managed_block import BLOCK_AWK, COMPOSE_AWK, awk_variables
+from mailgate.renderers.compose import compose_entries
+from mailgate.renderers.mailcow import POSTFIX_CONTAINER_CONF, RELAY_PASSWORD_MAP, block_keys, relay_host_key
 from mailgate.renderers.sysctl import NONLOCAL_BIND_KEYS
 from mailgate.settings import Settings
 
@@ -144,6 +152,10 @@ class ScriptFile:
     """RECREATE or RESTART `services` when the file changes."""
     kind: str = ""
     ip_version: int = 4
+    splice: str = ""
+    """BLOCK or COMPOSE: the payload holds mailgate's block, spliced into the live file."""
+    keys: str = ""
+    """BLOCK: the keys the block sets (space-separated), which no later line may set."""
 
 
 # The hosts the components' scripts act on: production programs at the real paths. Only
@@ -171,7 +183,7 @@ def unpack(bundle: str) -> dict[str, str]:
     with tarfile.open(fileobj=io.BytesIO(raw)) as archive:
         for member in archive.getmembers():
             if member.isfile():
-                files["/" + member.name.lstrip("./")] = archive.extractfile(member).read().decode()
+                files["/" + member.name.removeprefix("./").lstrip("/")] = archive.extractfile(member).read().decode()
     return files
 
 
@@ -209,27 +221,44 @@ def render_gateway_apply(files: list[RenderedFile], commands: HostCommands = Hos
         ports=ports, chain=GATEWAY_INPUT_CHAIN, lock="/run/mailgate/gateway.lock"))
 
 
-def home_touched_paths(settings: Settings) -> list[str]:
-    """Every home path mailgate may write, in the order the scripts handle them."""
-    names = settings.names
-    return [home_path(settings, rel) for rel in HOME_EFFECTS] + [
-        names.home_firewall_path, names.docker_drop_in, names.home_nonlocal_bind_sysctl]
+# Where the payload carries what goes into a shared file: BLOCKS_DIR + its path (and,
+# for the override, the entries beside it).
+BLOCKS_DIR = "/.mailgate-blocks"
+ENTRIES_SUFFIX = ".entries"
 
 
-def render_home_snapshot(settings: Settings, commands: HostCommands = HostCommands()) -> str:
-    return as_root(render_template(
-        "scripts/home-snapshot.sh.j2", root=commands.root, lock_wait=commands.lock_wait_seconds,
-        state_dir=settings.names.home_state_dir, mailcow_dir=settings.home.mailcow_dir,
-        paths=home_touched_paths(settings)))
+def home_bundle(settings: Settings, files: list[RenderedFile]) -> str:
+    """The home step's stdin: whole files at their paths, blocks under BLOCKS_DIR."""
+    payload = []
+    for rendered in files:
+        if not rendered.splice:
+            payload.append(rendered)
+            continue
+        payload.append(dataclasses.replace(rendered, path=BLOCKS_DIR + rendered.path))
+        if rendered.splice == COMPOSE:
+            payload.append(RenderedFile(rendered.host, BLOCKS_DIR + rendered.path + ENTRIES_SUFFIX,
+                                        compose_entries(settings)))
+    return pack(payload)
 
 
 def _home_script_file(settings: Settings, rendered: RenderedFile) -> ScriptFile:
     for relative, (services, action) in HOME_EFFECTS.items():
         if rendered.path == home_path(settings, relative):
-            return ScriptFile(rendered.path, rendered.mode, services=services, action=action)
+            keys = " ".join(block_keys(rendered.text)) if rendered.splice == BLOCK else ""
+            return ScriptFile(rendered.path, rendered.mode, services=services, action=action,
+                              splice=rendered.splice, keys=keys)
     kind = {settings.names.home_firewall_path: "firewall",
             settings.names.home_nonlocal_bind_sysctl: "sysctl"}.get(rendered.path, "systemd")
     return ScriptFile(rendered.path, rendered.mode, kind=kind)
+
+
+def splice_context(stack: str) -> dict:
+    """What the scripts need to splice the stack's blocks on the host."""
+    programs = {"block_awk": BLOCK_AWK.read_text(), "compose_awk": COMPOSE_AWK.read_text()}
+    for name, program in programs.items():
+        if "'" in program:
+            raise ValueError(f"{name}: the script quotes it in single quotes, so it may hold none")
+    return {**programs, "awk": awk_variables(stack), "blocks_dir": BLOCKS_DIR, "entries_suffix": ENTRIES_SUFFIX}
 
 
 def render_home_apply(settings: Settings, files: list[RenderedFile],
@@ -237,6 +266,7 @@ def render_home_apply(settings: Settings, files: list[RenderedFile],
     return as_root(render_template(
         "scripts/home-apply.sh.j2", root=commands.root, commands=commands, state_dir=settings.names.home_state_dir,
         mailcow_dir=settings.home.mailcow_dir, files=[_home_script_file(settings, f) for f in files],
+        **splice_context(settings.names.stack),
         firewall_path=settings.names.home_firewall_path, chain=settings.names.home_twin_chain,
         postfix_check=POSTFIX_CHECK.replace("@RELAY_KEY@", relay_host_key(settings)).replace("@RELAY_MAP@", RELAY_PASSWORD_MAP),
         dovecot_check=DOVECOT_CHECK, postfix_dir=str(PurePosixPath(home_path(settings, POSTFIX_EXTRA)).parent),
@@ -247,21 +277,11 @@ def render_home_apply(settings: Settings, files: list[RenderedFile],
 
 
 def render_home_restore(settings: Settings, commands: HostCommands = HostCommands()) -> str:
+    """The files it handles are the ones the apply lays down (their paths and kinds only)."""
+    files = home_files(settings, Deployment(), Secrets())
     return as_root(render_template(
         "scripts/home-restore.sh.j2", root=commands.root, commands=commands, state_dir=settings.names.home_state_dir,
         mailcow_dir=settings.home.mailcow_dir, chain=settings.names.home_twin_chain, sysctl_keys=NONLOCAL_BIND_KEYS,
-        lock_wait=commands.lock_wait_seconds,
-        files=[ScriptFile(home_path(settings, relative), 0, services=services, action=action)
-               for relative, (services, action) in HOME_EFFECTS.items()],
+        lock_wait=commands.lock_wait_seconds, files=[_home_script_file(settings, f) for f in files],
+        **splice_context(settings.names.stack),
     ))
-
-
-def originals_for_merge(settings: Settings, snapshot: dict[str, str]) -> dict[str, str]:
-    """Snapshot (absolute paths) -> the Mailcow-relative `existing` map home_files wants."""
-    return {
-        relative: snapshot[home_path(settings, relative)]
-        for relative in HOME_EFFECTS
-        if home_path(settings, relative) in snapshot
-    }
-
-
