@@ -3,7 +3,7 @@ extra.cf, extra.conf, docker-compose.override.yml).
 
 mailgate owns only the lines between its markers; every other line stays as the host
 has it. The block is spliced into the LIVE file on the host at every run (the awk
-programs beside the scripts, `block.awk` and `compose.awk`), so a Mailcow update or a
+programs beside the scripts, `block.awk` and `compose.awk`, each behind `markers.awk`), so a Mailcow update or a
 user's edit outside the block never conflicts with mailgate, and `destroy` takes out
 only the block. The markers name the stack, so two stacks sharing a file never touch
 each other's block.
@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 AWK_DIR = Path(__file__).resolve().parent / "templates" / "scripts"
+MARKERS_AWK = AWK_DIR / "markers.awk"
 BLOCK_AWK = AWK_DIR / "block.awk"
 COMPOSE_AWK = AWK_DIR / "compose.awk"
 

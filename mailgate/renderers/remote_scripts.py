@@ -38,7 +38,7 @@ from mailgate.layout import (
 from mailgate.deployment import Deployment
 from mailgate.renderers import render_template
 from mailgate.renderers.cloud_init import GATEWAY_INPUT_CHAIN
-from mailgate.managed_block import BLOCK_AWK, COMPOSE_AWK, awk_variables
+from mailgate.managed_block import BLOCK_AWK, COMPOSE_AWK, MARKERS_AWK, awk_variables
 from mailgate.renderers.compose import compose_entries
 from mailgate.renderers.mailcow import POSTFIX_CONTAINER_CONF, RELAY_PASSWORD_MAP, block_keys, relay_host_key
 from mailgate.renderers.sysctl import NONLOCAL_BIND_KEYS
@@ -254,7 +254,8 @@ def _home_script_file(settings: Settings, rendered: RenderedFile) -> ScriptFile:
 
 def splice_context(stack: str) -> dict:
     """What the scripts need to splice the stack's blocks on the host."""
-    programs = {"block_awk": BLOCK_AWK.read_text(), "compose_awk": COMPOSE_AWK.read_text()}
+    markers = MARKERS_AWK.read_text()
+    programs = {"block_awk": markers + BLOCK_AWK.read_text(), "compose_awk": markers + COMPOSE_AWK.read_text()}
     for name, program in programs.items():
         if "'" in program:
             raise ValueError(f"{name}: the script quotes it in single quotes, so it may hold none")

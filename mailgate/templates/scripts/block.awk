@@ -6,21 +6,9 @@
 #   remove   FILES: live        -> live without the stack block(s)
 #   later    FILES: live        -> "line N: TEXT" for each line after the block that sets
 #            one of -v keys (space-separated): it would win over the block value
-# Also -v begin_prefix, end_line (and file_name for messages). Exit 3: a BEGIN line
-# without its END line (nothing printed is usable).
+# Also -v file_name for messages; markers.awk runs in front of it (exit 3: a block
+# without its END line).
 # POSIX awk only (mawk on Debian and Ubuntu); no single quote in this file.
-function is_begin(line,   t) {
-  t = line
-  sub(/^[ \t]+/, "", t)
-  sub(/[ \t\r]+$/, "", t)
-  return t == begin_prefix || index(t, begin_prefix ":") == 1 || index(t, begin_prefix " ") == 1
-}
-function is_end(line,   t) {
-  t = line
-  sub(/^[ \t]+/, "", t)
-  sub(/[ \t\r]+$/, "", t)
-  return t == end_line
-}
 function sets(line, key,   t) {
   t = line
   sub(/^[ \t]+/, "", t)
@@ -48,10 +36,7 @@ mode == "splice" && FILENAME == ARGV[1] { block = block $0 "\n"; next }
   if (mode == "later") text[FNR] = $0
 }
 END {
-  if (inside) {
-    printf "mailgate: %s: mailgate block has no line \"%s\" after its BEGIN line; put it back where the block ends\n", file_name, end_line > "/dev/stderr"
-    exit 3
-  }
+  if (inside) unterminated()
   if (mode == "splice" && !found) printf "%s", block
   if (mode == "later") {
     for (n = last_end + 1; n <= FNR; n++) {

@@ -11,20 +11,9 @@
 # reads mailgate variable (Mailcow HAPROXY example) publishes it already: mailgate adds
 # none. Any other mapping of that port, or a services:, service or ports: written in
 # flow style, is refused (exit 4, the reason on stderr, nothing printed is usable).
-# Also -v begin_prefix, begin_line, end_line, file_name. Exit 3: a BEGIN without its END.
+# Also -v begin_line (written), file_name; markers.awk runs in front of it (exit 3: a
+# block without its END line).
 # POSIX awk only (mawk on Debian and Ubuntu); no single quote in this file.
-function is_begin(line,   t) {
-  t = line
-  sub(/^[ \t]+/, "", t)
-  sub(/[ \t\r]+$/, "", t)
-  return t == begin_prefix || index(t, begin_prefix ":") == 1 || index(t, begin_prefix " ") == 1
-}
-function is_end(line,   t) {
-  t = line
-  sub(/^[ \t]+/, "", t)
-  sub(/[ \t\r]+$/, "", t)
-  return t == end_line
-}
 function indent(line) { match(line, /^ */); return RLENGTH }
 function content(line) { return line !~ /^[ \t]*(#.*)?$/ }
 function spaces(width,   s) { s = ""; while (width-- > 0) s = s " "; return s }
@@ -68,10 +57,7 @@ FILENAME == ARGV[2] { fresh = fresh $0 "\n"; next }
   number[lines] = FNR
 }
 END {
-  if (inside) {
-    printf "mailgate: %s: mailgate block has no line \"%s\" after its BEGIN line; put it back where the block ends\n", file_name, end_line > "/dev/stderr"
-    exit 3
-  }
+  if (inside) unterminated()
   top = 0
   for (i = 1; i <= lines; i++) if (index(line[i], "services:") == 1) { top = i; break }
   if (top) {
