@@ -3,6 +3,8 @@ scripts on throwaway hosts, and what a user would find on them afterwards."""
 
 from __future__ import annotations
 
+import subprocess
+
 from mailgate.renderers.nginx import render_nginx_stream
 from tests.lifecycle.hosts import GATEWAY_NGINX, STOCK_NGINX_CONF
 
@@ -245,3 +247,28 @@ def test_two_stacks_share_a_tailnet_and_a_home_without_touching_each_other(lab):
     assert "-A DOCKER-USER -j MAILGATE-TWIN-dev" in lab.home.firewall()
     assert_home_serves(lab, "xsmtpsib-first-relay-key", "dev")
     assert_gateway_serves(lab, "dev")
+
+
+def test_a_mailcow_update_between_ups_survives_the_next_up_and_destroy(lab):
+    """What `update.sh` does to mailcow.conf (append new options, `sed -i` a retired one,
+    chmod 600, then `compose up -d`) between two ups: the next up keeps it, and so does
+    destroy, which takes out mailgate's block only."""
+    assert_ok(up(lab), lab)
+    conf = lab.mailcow() / "mailcow.conf"
+    subprocess.run(["sed", "-i", r"/\bDBPASS\b/d", str(conf)], check=True)
+    with conf.open("a") as out:
+        out.write("ENABLE_IPV6=true\n")
+    conf.chmod(0o600)
+    assert lab.home.docker.compose(lab.mailcow(), "up", "-d").returncode == 0
+    updated = conf.read_text()
+    lab.secrets["dev"]["relayPassword"] = "xsmtpsib-rotated-relay-key"
+    assert_ok(up(lab), lab)
+    assert lab.ran() == [(APPLY, "update")]
+    assert conf.read_text() == updated, "the update's lines were lost or mailgate's block moved"
+    assert_home_serves(lab, "xsmtpsib-rotated-relay-key")
+    lab.world.terminate(lab.vm().ocid)
+    lab.engines["dev"].unprotect_all()
+    assert_ok(lab.destroy(), lab)
+    assert conf.read_text() == "MAILCOW_HOSTNAME=mail.example.com\nENABLE_IPV6=true\n"
+    for container in MAIL_CONTAINERS:
+        assert lab.home.docker.serves(lab.mailcow(), container)
