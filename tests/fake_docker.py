@@ -16,6 +16,10 @@ The contract it keeps (docker/compose `cmd/compose/create.go` recreateStrategy a
   again, keep their definition. A container that was never created is not started.
 - `compose config -q` and `compose exec ...` succeed (exec does not check that the
   container runs). Anything else is refused, so a misspelt command fails loudly.
+- Installed with `real_config=PROGRAM` (a real `docker-compose`, here Debian's v1, which
+  reads the same files, `.env` and `${VAR:?}` the same way for what mailgate writes),
+  `compose [-f F]... [--env-file E] config -q` runs PROGRAM with those options in the
+  Mailcow directory: a file Compose cannot read is refused with Compose's own message.
   Global options before the command (`-f`, `--env-file`, ...) are accepted and ignored.
 - `compose version --short` prints a v2 version; `docker compose` with no command prints
   help and succeeds, as the plugin does. Installed with `plugin=False`, `docker compose`
@@ -191,6 +195,10 @@ def main(argv: list[str]) -> int:
         return 0
     if command == "exec" and Path(f"{script}.exec-locally").exists():
         return _exec_locally(Path(cwd), args)
+    real_config = Path(f"{script}.real-config")
+    if command == "config" and real_config.exists():
+        options = argv[1:len(argv) - len(rest)]
+        return subprocess.run([real_config.read_text(), *options, "config", "-q"], check=False).returncode
     if command in ("config", "exec"):
         return 0
     if command not in ("up", "restart"):
@@ -219,7 +227,8 @@ class Container:
 class FakeDocker:
     """The stand-in installed as an executable at `path` (pass str(path) as `docker`)."""
 
-    def __init__(self, path: Path | str, plugin: bool = True, exec_locally: bool = False):
+    def __init__(self, path: Path | str, plugin: bool = True, exec_locally: bool = False,
+                 real_config: str | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(__file__, self.path)
@@ -230,6 +239,11 @@ class FakeDocker:
                 marker.touch()
             else:
                 marker.unlink(missing_ok=True)
+        marker = Path(f"{self.path}.real-config")
+        if real_config:
+            marker.write_text(real_config)
+        else:
+            marker.unlink(missing_ok=True)
 
     def standalone(self, path: Path | str) -> Path:
         """A standalone `docker-compose` at `path` (its name must be docker-compose),

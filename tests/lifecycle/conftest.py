@@ -14,6 +14,7 @@ from mailgate.settings import load_settings
 from tests.lifecycle.engine import Engine, Result
 from tests.lifecycle.hosts import GATEWAY_COMMANDS, GATEWAY_NGINX, HomeMachine
 from tests.lifecycle.providers import CommandRun, Providers
+from tests.conftest import need_program
 from tests.fake_docker import FakeDocker
 from tests.lifecycle.world import Vm, World
 
@@ -23,7 +24,9 @@ RELAY_PASSWORD = "xsmtpsib-first-relay-key"
 
 class Lab:
     def __init__(self, directory: Path, dev_raw: dict):
-        self.home = HomeMachine(directory / "home", list(MAILCOW_DIRS.values()), FakeDocker)
+        compose = need_program("docker-compose")  # checks the staged override and mailcow.conf
+        self.home = HomeMachine(directory / "home", list(MAILCOW_DIRS.values()),
+                                lambda path: FakeDocker(path, real_config=compose))
         self.world = World(directory, self.home, dev_raw["home"]["sshHost"])
         self.providers = Providers(self.world)
         self.engines: dict[str, Engine] = {}

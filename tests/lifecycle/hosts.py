@@ -106,7 +106,9 @@ class GatewayMachine:
 
 
 MAILCOW_CONF = "MAILCOW_HOSTNAME=mail.example.com\nDBPASS=db-secret-not-ours\n"
-MAILCOW_COMPOSE = "services:\n  postfix-mailcow: {}\n  dovecot-mailcow: {}\n"
+MAILCOW_COMPOSE = ("services:\n  postfix-mailcow:\n    image: example/postfix\n"
+                   "  dovecot-mailcow:\n    image: example/dovecot\n"
+                   "  rspamd-mailcow:\n    image: example/rspamd\n")
 USER_OVERRIDE = "services:\n  rspamd-mailcow:\n    environment:\n      - MINE=1  # keep\n"
 USER_POSTFIX_EXTRA = "message_size_limit = 1\n"
 RECORDING_SYSTEMCTL = '#!/bin/sh\nprintf "%s\\n" "$*" >> "$0.log"\n'
