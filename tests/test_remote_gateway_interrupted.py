@@ -1,6 +1,8 @@
 """The gateway step interrupted: a disk that runs full at each write, a run killed at each
-step and killed again while it rolls back (issue 10, item 4; two runs at once:
-test_remote_gateway.py). None may leave a partial state, and the next run finishes the job.
+step and killed again while it rolls back, a run killed outright (no trap runs), a run
+whose SSH connection drops (issue 10, item 4; two runs at once: test_remote_gateway.py).
+None may leave a partial state that the next run does not finish, and a run with nothing
+to do changes nothing.
 
 Every test starts from a gateway that serves a first run (smtp, IPv4 and IPv6) and then
 applies a second one (smtp and imaps).
@@ -28,12 +30,26 @@ NEW_RULE = "-A MAILGATE-IN -p tcp -m multiport --dports 25,993 -j ACCEPT"
 OLD_RULE = "-A MAILGATE-IN -p tcp -m multiport --dports 25 -j ACCEPT"
 
 # A host program as the step calls it, except that "$0.kill" holding "before N" or
-# "after N" terminates the run at the program's N-th call, before or after the real one
-# ran: SIGTERM to the run's process group, as a dropped SSH connection or Ctrl-C sends.
+# "after N" stops the run at the program's N-th call, before or after the real one ran.
+# How, the line's third word: TERM (the default) to the run's process group, as Ctrl-C or
+# a timeout sends; KILL to it, as the OOM killer or a power loss stops it (no trap runs);
+# `drop`: the SSH session's sshd dies, as when the connection drops, and the run goes on
+# with nobody reading its output.
 KILLABLE = """#!/bin/sh
 calls=$(( $(cat "$0.calls" 2>/dev/null || echo 0) + 1 ))
 echo "$calls" > "$0.calls"
-stop() {{ if [ "$(cat "$0.kill" 2>/dev/null)" = "$1 $calls" ]; then rm -f "$0.kill"; kill -TERM 0; fi; }}
+stop() {{
+  [ -f "$0.kill" ] || return 0
+  read -r when call how < "$0.kill"
+  [ "$when $call" = "$1 $calls" ] || return 0
+  rm -f "$0.kill"
+  if [ "$how" != drop ]; then kill -"${{how:-TERM}}" 0; return; fi
+  session=$$ depth=0
+  while [ "$depth" -lt 20 ] && [ "$session" -gt 1 ] && [ "$(ps -o comm= -p "$session")" != sshd ]; do
+    session=$(ps -o ppid= -p "$session" | tr -d " ") depth=$((depth + 1))
+  done
+  if [ "$session" -gt 1 ]; then kill -KILL "$session"; sleep 0.5; fi
+}}
 stop before
 {real} "$@"
 rc=$?
@@ -108,12 +124,19 @@ def serving_only(host, ports: list[int], not_ports: list[int]) -> bool:
     return False
 
 
-def kill_at(host, *points: tuple[str, str, int]) -> None:
-    """Arm KILLABLE programs: (program, "before" or "after", which call), counted from now."""
+def kill_at(host, *points: tuple) -> None:
+    """Arm KILLABLE programs: (program, "before" or "after", which call[, how]), counted
+    from now; with no points, only start counting the calls anew."""
     for calls in host["bin"].glob("*.calls"):
         calls.unlink()
-    for program, when, call in points:
-        Path(f"{host['bin'] / program}.kill").write_text(f"{when} {call}\n")
+    for program, when, call, *how in points:
+        Path(f"{host['bin'] / program}.kill").write_text(" ".join([when, str(call), *how]) + "\n")
+
+
+def calls(host, program: str) -> int:
+    """How often the run(s) since the last kill_at called `program`."""
+    counted = host["bin"] / f"{program}.calls"
+    return int(counted.read_text()) if counted.exists() else 0
 
 
 def assert_second_run_done(host, result) -> None:
@@ -214,6 +237,94 @@ def test_a_second_signal_does_not_cut_the_rollback_short(host):
     killed = apply(host, second_run(host))
     assert killed.returncode == 143, (killed.returncode, killed.stderr)
     assert not list(host["bin"].glob("*.kill")), "the run never got there"
+    assert state(host) == before
+    assert serving_only(host, [25], [993])
+    assert not leftovers(host)
+
+    assert_second_run_done(host, apply(host, second_run(host)))
+
+
+# Where a run is killed outright, with nothing of it left to run a trap.
+KILLED_OUTRIGHT_AT = {
+    "with the files installed": ("iptables-restore", "before", 2),
+    "with the IPv4 chain loaded": ("ip6tables-restore", "before", 2),
+    "once nginx reloaded": ("nginx-reload", "after", 1),
+}
+
+
+@pytest.mark.parametrize("step", list(KILLED_OUTRIGHT_AT))
+def test_a_run_killed_outright_is_finished_by_the_next_one(host, step):
+    kill_at(host, (*KILLED_OUTRIGHT_AT[step], "KILL"))
+    killed = apply(host, second_run(host))
+    assert killed.returncode != 0 and "gateway updated" not in killed.stdout, killed.stdout
+    assert not list(host["bin"].glob("*.kill")), "the run never got there"
+    # The new files are in place, but a reboot would open port 25 only.
+    assert state(host)["saved"].count(OLD_RULE) == 2
+
+    kill_at(host)
+    finished = apply(host, second_run(host))
+    assert finished.returncode == 0, finished.stderr
+    assert "stopped before it finished" in finished.stderr
+    assert "nginx listens on 25 993" in finished.stdout
+    assert calls(host, "nginx-reload") == 1, "nginx may still serve the killed run's previous file"
+    assert serving_only(host, [25, 993], [])
+    done = state(host)
+    assert done["chains"].count(NEW_RULE) == 2, done["chains"]
+    assert done["saved"].count(NEW_RULE) == 2, done["saved"]
+    assert not leftovers(host)
+
+    # Finished for good: the run after it has nothing left to do.
+    assert_nothing_to_do(host, second_run(host), done)
+
+
+def assert_nothing_to_do(host, files, now: dict) -> None:
+    """A run with `files` finds them in place and everything live: it changes nothing,
+    reloads nothing and saves nothing."""
+    kill_at(host)
+    again = apply(host, files)
+    assert again.returncode == 0, again.stderr
+    assert "already up to date" in again.stdout and not again.stderr, again.stderr
+    for program in ("nginx-check", "nginx-reload", "iptables-restore", "ip6tables-restore", "persist"):
+        assert calls(host, program) == 0, f"a run with nothing to do called {program}"
+    assert state(host) == now
+
+
+def test_a_run_with_nothing_to_do_changes_nothing(host):
+    first = files_for(variant(host["dev_raw"], services=["smtp"], gateway__ipv6=True), host["runtime"])
+    assert_nothing_to_do(host, first, state(host))
+
+
+def test_a_rollback_killed_outright_is_finished_by_the_next_run(host):
+    """Killed as the firewall is saved, then outright as the rollback reloads the IPv4
+    chain: the files are the first run's again, the chains and the saved firewall the
+    second's. The next run, with the first run's files, finds no file to change."""
+    first = files_for(variant(host["dev_raw"], services=["smtp"], gateway__ipv6=True), host["runtime"])
+    before = state(host)
+    kill_at(host, ("persist", "after", 1), ("iptables-restore", "before", 3, "KILL"))
+    killed = apply(host, second_run(host))
+    assert killed.returncode != 0, killed.stdout
+    assert not list(host["bin"].glob("*.kill")), "the run never got there"
+
+    finished = apply(host, first)
+    assert finished.returncode == 0, finished.stderr
+    assert "stopped before it finished" in finished.stderr
+    assert serving_only(host, [25], [993])
+    assert state(host) == before
+    assert not leftovers(host)
+
+
+def test_a_run_that_fails_after_its_connection_dropped_still_rolls_back(host):
+    """The SSH connection drops (nobody reads the run's output any more), then nginx cannot
+    serve: the failure's message cannot be written, and the run still puts everything back."""
+    before = state(host)
+    lock = host["root"] / "run/mailgate/gateway.lock"
+    kill_at(host, ("iptables-restore", "before", 2, "drop"))
+    with gateways.squatting(host, 993):
+        dropped = apply(host, second_run(host))
+        assert dropped.returncode == 255, (dropped.returncode, dropped.stderr)
+        assert not list(host["bin"].glob("*.kill")), "the run never got there"
+        # The run goes on without its connection; it is over once it lets go of the lock.
+        subprocess.run(["flock", "-w", "30", str(lock), "true"], check=True)
     assert state(host) == before
     assert serving_only(host, [25], [993])
     assert not leftovers(host)
