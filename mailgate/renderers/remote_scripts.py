@@ -188,6 +188,11 @@ def unpack(bundle: str) -> dict[str, str]:
 
 
 AS_ROOT_DELIMITER = "MAILGATE_STEP_AS_ROOT"
+# The gateway's host lock (a run at a time), and the marker a run keeps from its first
+# change to its last, so the next run finishes one that was killed outright (on disk: it
+# must outlive a power loss).
+GATEWAY_LOCK = "/run/mailgate/gateway.lock"
+GATEWAY_PENDING = "/var/lib/mailgate/gateway.pending"
 LISTEN_PORT = re.compile(r"^\s*listen\s+(?:\S*:)?(\d+)[\s;]", re.M)
 
 
@@ -218,7 +223,7 @@ def render_gateway_apply(files: list[RenderedFile], commands: HostCommands = Hos
         firewall_files=firewall, wait_for_cloud_init=wait_for_cloud_init, instance_id=instance_id,
         packaged_conf=NGINX_PACKAGED_CONF, stream=NGINX_STREAM,
         stream_dir=str(PurePosixPath(NGINX_STREAM).parent), stream_name=PurePosixPath(NGINX_STREAM).name,
-        ports=ports, chain=GATEWAY_INPUT_CHAIN, lock="/run/mailgate/gateway.lock"))
+        ports=ports, chain=GATEWAY_INPUT_CHAIN, lock=GATEWAY_LOCK, pending=GATEWAY_PENDING))
 
 
 # Where the payload carries what goes into a shared file: BLOCKS_DIR + its path (and,
