@@ -9,12 +9,10 @@ namespace.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import os
 import socket
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
@@ -586,106 +584,3 @@ def test_installs_keep_owner_mode_and_acls_and_write_through_symlinks(home):
     result = home.destroy()
     assert result.returncode == 0, result.stderr
     assert conf.is_symlink() and real_conf.read_text() == MAILCOW_CONF
-
-
-# Item 4: no partial state.
-def test_a_full_disk_stops_the_run_with_nothing_changed(home, tmp_path):
-    """mailcow.conf of 13 KB on a disk with one free page: the override fits, mailcow.conf
-    does not; the override already installed goes back too."""
-    with mailcow_file(home, "mailcow.conf").open("a") as conf:
-        conf.write("".join(f"# a comment line of Mailcow's own, number {n:05d}\n" for n in range(300)))
-    copy = tmp_path / "mailcow-copy"
-    subprocess.run(["cp", "-a", str(home.mailcow), str(copy)], check=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "mgh10-full", str(home.mailcow)], check=True)
-    try:
-        subprocess.run(["cp", "-a", f"{copy}/.", str(home.mailcow)], check=True)
-        filler = home.mailcow / "filler"
-        with filler.open("wb", buffering=0) as out:
-            try:
-                while True:
-                    out.write(b"\0" * 4096)
-            except OSError:
-                pass
-        os.truncate(filler, filler.stat().st_size - 4096)
-        before = home.tree()
-        containers = {n: home.container(n) for n in (POSTFIX, DOVECOT)}
-        result = home.apply()
-        assert result.returncode == 1
-        assert "mailcow.conf (disk full?)" in result.stderr
-        assert home.tree() == before
-        assert {n: home.container(n) for n in (POSTFIX, DOVECOT)} == containers
-        assert not home.chain_hooked()
-        state = home.root / home.settings.names.home_state_dir.lstrip("/")
-        assert not (state / "pending").exists()
-        assert not [p for p in (state / "applied").rglob("*") if p.is_file()]
-    finally:
-        subprocess.run(["umount", str(home.mailcow)], check=True)
-    # With room again, the same run goes through.
-    result = home.apply()
-    assert result.returncode == 0, result.stderr
-    assert home.serving() == BOTH_SERVING
-
-
-def test_a_run_killed_before_the_containers_is_undone_by_the_next(home):
-    """SIGTERM after every file, the firewall and the sysctl keys are in place."""
-    original = home.tree()
-    home.systemctl_kills()
-    killed = home.apply()
-    assert killed.returncode != 0 and "home updated" not in killed.stdout
-    assert home.tree() != original and home.chain_hooked()
-    home.systemctl_kills(False)
-    result = home.apply()
-    assert result.returncode == 0, result.stderr
-    assert "the previous run stopped before it finished; putting back what it changed first" in result.stderr
-    assert "home updated" in result.stdout
-    assert home.serving() == BOTH_SERVING and home.chain_hooked()
-    assert home.destroy().returncode == 0
-    assert home.tree(without_state=False) == original
-
-
-def test_a_run_killed_after_a_container_restarted_is_undone_by_the_next(home):
-    assert home.apply().returncode == 0
-    before = home.tree()
-    home.docker.kill_on(f"restart {POSTFIX}")
-    killed = home.apply(password="xsmtpsib-r0tated-relay-key")
-    assert killed.returncode != 0
-    # Postfix runs with the new map, which the next run's rollback takes away again...
-    assert home.tree() != before
-    result = home.apply()
-    assert result.returncode == 0, result.stderr
-    assert "putting back what it changed first" in result.stderr
-    assert "home already up to date" in result.stdout
-    assert home.tree() == before
-    # ...and Postfix is restarted onto the previous one.
-    assert home.serving() == BOTH_SERVING
-
-
-def test_two_runs_at_once_take_turns(home):
-    results = []
-    runs = [threading.Thread(target=lambda: results.append(home.apply())) for _ in range(2)]
-    for run in runs:
-        run.start()
-    for run in runs:
-        run.join()
-    assert [r.returncode for r in results] == [0, 0], [r.stderr for r in results]
-    outputs = sorted(r.stdout.strip().splitlines()[-1] for r in results)
-    assert outputs[0] == "mailgate: home already up to date" and outputs[1].startswith("mailgate: home updated")
-    for name in (POSTFIX, DOVECOT):
-        assert home.container(name).recreations == 1
-    assert home.serving() == BOTH_SERVING
-
-
-def test_a_run_that_cannot_get_the_lock_stops_with_nothing_changed(home):
-    before = home.tree(without_state=False)
-    files = home_files(home.settings, Deployment(gateway_tailnet_ip=GATEWAY_TAILNET_IP),
-                       Secrets(relay_password=PASSWORD))
-    impatient = dataclasses.replace(home.commands, lock_wait_seconds=1)
-    held = os.open(home.mailcow, os.O_RDONLY)
-    try:
-        fcntl.flock(held, fcntl.LOCK_EX)  # another run holds it
-        result = home.run(render_home_apply(home.settings, files, impatient), home_bundle(home.settings, files))
-    finally:
-        os.close(held)
-    assert result.returncode == 1
-    assert f"another mailgate run has held the lock on {home.mailcow} for 1 s; nothing was changed" in result.stderr
-    assert home.tree(without_state=False) == before
