@@ -28,10 +28,11 @@ from mailgate.renderers.remote_scripts import (
     render_home_apply,
     render_home_restore,
 )
+from tests.conftest import need_program
 from tests.fake_docker import Container, FakeDocker
 from tests.settings_variants import variant
 from tests.sshd import PLAIN_LOGIN, SUDO_LOGIN, start_sshd
-from tests.validators import Netns
+from tests.validators import MAILCOW_LIKE_COMPOSE, Netns
 
 PASSWORD = "xsmtpsib-Sup3r-s3cret-relay-key"
 USER_OVERRIDE = "services:\n  rspamd-mailcow:\n    environment:\n      - MINE=1  # keep\n"
@@ -61,7 +62,8 @@ class Home:
         (mailcow / "data/conf/dovecot/dovecot.conf").write_text(DOVECOT_CONF)
         os.chmod(mailcow / "mailcow.conf", 0o600)
         self.mailcow = mailcow
-        self.docker = FakeDocker(tmp / "docker", exec_locally=True)
+        (mailcow / "docker-compose.yml").write_text(MAILCOW_LIKE_COMPOSE)
+        self.docker = FakeDocker(tmp / "docker", exec_locally=True, real_config=need_program("docker-compose"))
         # Mailcow runs before mailgate arrives.
         self.docker.compose(mailcow, "up", "-d", POSTFIX, DOVECOT).check_returncode()
         systemctl = tmp / "systemctl"
