@@ -108,6 +108,15 @@ def _hostname(value: str) -> str:
     return name
 
 
+def in_tailnet(value: str) -> bool:
+    """Whether `value` is an address in Tailscale's ranges (a name is not)."""
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return any(address in network for network in TAILNET_RANGES)
+
+
 def _tailnet_ip(value: str) -> str:
     try:
         address = ipaddress.ip_address(value)
@@ -399,7 +408,7 @@ class HomeSettings(Strict):
     via_gateway: bool = Field(
         False,
         description="Reach the Mini PC's SSH through the gateway (jump host); sshHost is then "
-        "its tailnet name or IP, and the tailnet policy lets the gateway reach that SSH port. "
+        "its tailnet IP, and the tailnet policy lets the gateway reach that SSH port. "
         "Destroy then needs the gateway: destroy before deleting the VM by hand.",
     )
 
@@ -422,6 +431,19 @@ class HomeSettings(Strict):
     def _user(cls, value: str) -> str:
         if not UNIX_USER.match(value):
             raise ValueError(f"{value!r} is not a valid user name")
+        return value
+
+    @field_validator("via_gateway")
+    @classmethod
+    def _jump_target(cls, value: bool, info: ValidationInfo) -> bool:
+        # The jump's last leg is dialled from the gateway, which runs without tailnet DNS
+        # (`tailscale up --accept-dns=false`): a name would not resolve there.
+        host = info.data.get("ssh_host")
+        if value and host is not None and not in_tailnet(host):
+            raise ValueError(
+                f"true needs mailgate:home.sshHost to be the Mini PC's tailnet IP, not {host!r} "
+                "(the gateway dials it and resolves no tailnet names); expected e.g. "
+                "`pulumi config set mailgate:home.sshHost $(tailscale ip -4)` run on the Mini PC")
         return value
 
     @field_validator("ssh_host_key")

@@ -74,6 +74,7 @@ def test_host_key_pinning_and_jump_through_the_gateway(dev_raw, dev_settings):
     raw = copy.deepcopy(dev_raw)
     raw["home"]["sshHostKey"] = dev_settings.gateway.ssh_public_keys[0]
     raw["home"]["viaGateway"] = True
+    raw["home"]["sshHost"] = raw["home"]["tailnetIp"]
     run = run_program(raw, secrets={"relayPassword": PASSWORD, "gatewaySshPrivateKey": "GWKEY",
                                     "homeSshPrivateKey": "HOMEKEY"})
     inputs, _, sent = command(run, "home-config-apply")

@@ -60,6 +60,7 @@ def test_an_unreachable_host_fails_within_ten_minutes_and_before_the_step_timeou
 def test_every_connection_and_the_jump_through_the_gateway_carry_the_dial_budget(dev_raw):
     raw = copy.deepcopy(dev_raw)
     raw["home"]["viaGateway"] = True
+    raw["home"]["sshHost"] = raw["home"]["tailnetIp"]
     run = run_program(raw)
     connections = {r.name: plain(r.inputs)["connection"] for r in run.resources
                    if "connection" in r.inputs}

@@ -65,7 +65,7 @@ def test_policy_lets_only_the_gateway_tag_reach_the_twin_ports(dev_settings):
 def test_a_jump_through_the_gateway_is_allowed_only_when_asked_for(dev_raw, dev_settings):
     jump = {"action": "accept", "src": ["tag:mailgw"], "dst": ["mailgate-home:2222"]}
     assert jump not in hujson(render_policy_snippet(dev_settings))["acls"]
-    settings = variant(dev_raw, home__viaGateway=True, home__sshPort=2222)
+    settings = variant(dev_raw, home__viaGateway=True, home__sshPort=2222, home__sshHost="100.64.0.2")
     assert jump in hujson(render_policy_snippet(settings))["acls"]
 
 
@@ -75,3 +75,14 @@ def test_policy_names_the_home_tag_when_there_is_one(dev_raw):
     assert policy["acls"][0]["dst"] == ["tag:mailhome:10025"]
     assert "hosts" not in policy
     assert set(policy["tagOwners"]) == {"tag:mailgw", "tag:mailhome"}
+
+
+def test_an_admin_reaching_the_mini_pc_over_the_tailnet_keeps_its_ssh_port(dev_raw, dev_settings):
+    """A managed policy is the whole policy: without this rule `pulumi up` run from an
+    admin's machine could no longer reach the Mini PC it configures."""
+    admin = {"action": "accept", "src": ["autogroup:admin"], "dst": ["mailgate-home:22"]}
+    assert admin not in hujson(render_policy_snippet(dev_settings))["acls"]  # a LAN name
+    over_tailnet = variant(dev_raw, home__sshHost="100.64.0.2")
+    assert admin in hujson(render_policy_snippet(over_tailnet))["acls"]
+    jump = variant(dev_raw, home__sshHost="100.64.0.2", home__viaGateway=True)
+    assert admin not in hujson(render_policy_snippet(jump))["acls"]

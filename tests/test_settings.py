@@ -209,3 +209,19 @@ def test_names_are_normalised(dev_raw):
     raw["mailHostname"] = "Mail.Example.com"
     settings = load_settings(raw, stack="dev")
     assert (settings.domain, settings.mail_hostname) == ("example.com", "mail.example.com")
+
+
+def test_a_jump_through_the_gateway_needs_the_mini_pcs_tailnet_ip(dev_raw):
+    """The gateway dials the jump's last leg and resolves no tailnet names (it runs with
+    --accept-dns=false): a name there would never connect."""
+    assert problems(dev_raw, set_path("home.viaGateway", True)) == [
+        "mailgate:home.viaGateway: true needs mailgate:home.sshHost to be the Mini PC's tailnet IP, "
+        "not 'minipc.home.example.com' (the gateway dials it and resolves no tailnet names); expected "
+        "e.g. `pulumi config set mailgate:home.sshHost $(tailscale ip -4)` run on the Mini PC"]
+
+    def jump_to_tailnet_ip(raw):
+        raw["home"]["viaGateway"] = True
+        raw["home"]["sshHost"] = "100.64.0.2"
+    raw = copy.deepcopy(dev_raw)
+    jump_to_tailnet_ip(raw)
+    assert load_settings(raw, stack="dev").home.via_gateway

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 from mailgate import catalogue
-from mailgate.settings import Settings
+from mailgate.settings import Settings, in_tailnet
 
 HOME_HOST_ALIAS = "mailgate-home"
 
@@ -31,6 +31,11 @@ def policy(settings: Settings) -> dict[str, object]:
         # home.viaGateway: the last leg of `pulumi up`'s SSH to the Mini PC starts at the gateway.
         document["acls"].append(  # type: ignore[union-attr]
             {"action": "accept", "src": [tags.gateway_tag], "dst": [f"{home}:{settings.home.ssh_port}"]})
+    elif in_tailnet(settings.home.ssh_host):
+        # `pulumi up` reaches the Mini PC over the tailnet, from an admin's machine: a managed
+        # policy without this would cut it off.
+        document["acls"].append(  # type: ignore[union-attr]
+            {"action": "accept", "src": ["autogroup:admin"], "dst": [f"{home}:{settings.home.ssh_port}"]})
     if not tags.home_tag:
         document["hosts"] = {HOME_HOST_ALIAS: f"{settings.home.tailnet_ip}/32"}
     return document
