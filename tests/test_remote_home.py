@@ -38,6 +38,8 @@ PASSWORD = "xsmtpsib-Sup3r-s3cret-relay-key"
 USER_OVERRIDE = "services:\n  rspamd-mailcow:\n    environment:\n      - MINE=1  # keep\n"
 MAILCOW_CONF = "MAILCOW_HOSTNAME=mail.example.com\nDBPASS=db-secret-not-ours\nSOLR_PORT=127.0.0.1:18983\n"
 GATEWAY_TAILNET_IP = "100.64.0.1"
+# What Docker 28 puts in raw PREROUTING for a container (198.51.100.2 on br-mailcow).
+DOCKER_RAW_RULE = ("-d", "198.51.100.2/32", "!", "-i", "br-mailcow", "-j", "DROP")
 BOTH_SERVING = {POSTFIX: True, DOVECOT: True}
 # Mailcow's own files that the staged checks read inside the containers (the fake docker
 # runs them with the host's postconf and doveconf, the tree mounted where Mailcow mounts it).
@@ -74,6 +76,9 @@ class Home:
         self.systemctl = systemctl
         systemctl.chmod(0o755)
         netns.run(["iptables", "-N", "DOCKER-USER"]).check_returncode()
+        # Docker 28 drops, in raw PREROUTING, packets for a container address that do not
+        # come from its bridge: the home filter goes before it, and destroy leaves it.
+        netns.run(["iptables", "-t", "raw", "-A", "PREROUTING", *DOCKER_RAW_RULE]).check_returncode()
         in_ns = f"ip netns exec {netns.name} "
         self.commands = HostCommands(root=str(self.root), docker=str(self.docker.path),
                                      iptables=in_ns + "iptables", systemctl=str(systemctl),
@@ -136,8 +141,10 @@ class Home:
         return {name: self.docker.serves(self.mailcow, name) for name in (POSTFIX, DOVECOT)}
 
     def chain_hooked(self) -> bool:
-        saved = self.netns.run(["iptables-save"]).stdout
-        return f"-A DOCKER-USER -j {self.settings.names.home_twin_chain}" in saved
+        """The twin chain is the first rule of raw PREROUTING, ahead of Docker's."""
+        saved = self.netns.run(["iptables", "-t", "raw", "-S", "PREROUTING"]).stdout.splitlines()
+        return saved[1:] == [f"-A PREROUTING -j {self.settings.names.home_twin_chain}",
+                             "-A PREROUTING " + " ".join(DOCKER_RAW_RULE)]
 
 
 @pytest.fixture(params=["root", SUDO_LOGIN])
@@ -194,8 +201,7 @@ def test_second_apply_changes_nothing_and_restarts_nothing(home):
     assert {p: p.stat().st_ino for p in home.root.rglob("*") if p.is_file()} == inodes
     assert len(home.docker_calls()) == calls
     assert home.serving() == BOTH_SERVING
-    saved = home.netns.run(["iptables-save"]).stdout
-    assert saved.count(f"-A DOCKER-USER -j {home.settings.names.home_twin_chain}") == 1
+    assert home.chain_hooked()  # once, still first
 
 
 def test_rotated_relay_password_restarts_postfix_which_then_uses_it(home):
@@ -257,6 +263,25 @@ def test_a_failed_first_apply_leaves_no_chain_behind(home):
     assert result.returncode == 1
     saved = home.netns.run(["iptables-save"]).stdout
     assert home.settings.names.home_twin_chain not in saved
+
+
+def test_the_filter_of_an_older_mailgate_behind_docker_user_goes_on_apply_and_on_destroy(home):
+    """Before the raw table, the chain sat in the filter table behind DOCKER-USER, where
+    tailscaled's ts-forward overtakes it: an upgrade leaves only the raw chain."""
+    chain = home.settings.names.home_twin_chain
+
+    def older_filter() -> None:
+        for argv in (["-N", chain], ["-A", chain, "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"],
+                     ["-I", "DOCKER-USER", "-j", chain]):
+            home.netns.run(["iptables", *argv]).check_returncode()
+
+    older_filter()
+    assert home.apply().returncode == 0
+    assert chain not in home.netns.run(["iptables", "-S"]).stdout  # the filter table
+    assert home.chain_hooked()
+    older_filter()
+    assert home.destroy().returncode == 0
+    assert chain not in home.netns.run(["iptables-save"]).stdout
 
 
 def test_removed_service_recreates_the_containers(home, dev_raw):

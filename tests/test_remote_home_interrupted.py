@@ -198,7 +198,7 @@ APPLY_STOPS = [
       for kind, name in (("blocks", "/mailcow.conf"), ("applied", "/mailgate_relay_passwd"),
                          ("created", "/extra.conf"))],
     pytest.param(FIRST, "iptables-restore", " --noflush ", id="firewall loaded"),
-    pytest.param(FIRST, "iptables", " -I DOCKER-USER ", id="chain hooked"),
+    pytest.param(FIRST, "iptables", " -t raw -I PREROUTING ", id="chain hooked"),
     pytest.param(FIRST, "mv", f" {{root}}{STATE}/backup/sysctl.conf ", id="recorded backup/sysctl.conf"),
     pytest.param(FIRST, "sysctl", " -p ", id="sysctl keys set"),
     pytest.param(FIRST, "systemctl", " daemon-reload ", id="daemon-reload"),
@@ -255,7 +255,7 @@ DESTROY_STOPS = [
     pytest.param("mv", f" {{root}}{home_path('/mailcow.conf')} ", id="mailcow.conf given back"),
     pytest.param("rm", f" {{root}}{home_path('/mailgate_relay_passwd')} ", id="relay map deleted"),
     pytest.param("sysctl", " -p - ", id="sysctl keys put back"),
-    pytest.param("iptables", " -D DOCKER-USER ", id="chain unhooked"),
+    pytest.param("iptables", " -t raw -D PREROUTING ", id="chain unhooked"),
     pytest.param("systemctl", " daemon-reload ", id="daemon-reload"),
     pytest.param("docker", " up -d --force-recreate ", id="containers force-recreated"),
 ]

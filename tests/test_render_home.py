@@ -1,5 +1,5 @@
-"""Home side: the compose override (checked by docker-compose), the twin-port firewall
-(loaded into iptables and probed with real connections) and the docker drop-in."""
+"""Home side: the compose override (checked by docker-compose), the twin-port filter
+(loaded into iptables' raw table and probed with real connections) and the docker drop-in."""
 
 from __future__ import annotations
 
@@ -147,45 +147,82 @@ def test_an_override_mailgate_cannot_place_its_ports_in_is_refused_with_the_line
     assert f"mailgate: docker-compose.override.yml: {message}" in result.stderr
 
 
-# Runs inside the namespace: connect to each twin port from a given source address.
+# Runs in the peer namespace: connect to each twin port from each source address, all
+# at once (a dropped SYN costs the whole timeout).
 PROBE = r"""
 import json, socket, sys
+from concurrent.futures import ThreadPoolExecutor
 home, sources, ports = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
-listeners = [socket.create_server((home, port)) for port in ports]
-result = {}
-for source in sources:
-    for port in ports:
-        try:
-            socket.create_connection((home, port), timeout=3, source_address=(source, 0)).close()
-            result[f"{source}:{port}"] = "open"
-        except ConnectionRefusedError:
-            result[f"{source}:{port}"] = "reset"
-        except OSError as error:
-            result[f"{source}:{port}"] = type(error).__name__
-print(json.dumps(result))
+def connect(source, port):
+    try:
+        socket.create_connection((home, port), timeout=2, source_address=(source, 0)).close()
+        return "open"
+    except ConnectionRefusedError:
+        return "reset"
+    except OSError as error:
+        return type(error).__name__
+pairs = [(source, port) for source in sources for port in ports]
+with ThreadPoolExecutor(len(pairs)) as pool:
+    answers = list(pool.map(lambda pair: connect(*pair), pairs))
+print(json.dumps({f"{source}:{port}": answer for (source, port), answer in zip(pairs, answers)}))
+"""
+LISTEN = r"""
+import socket, sys, time
+listeners = [socket.create_server((sys.argv[1], int(port))) for port in sys.argv[2:]]
+print("ready", flush=True)
+time.sleep(60)
 """
 
 
-def test_only_the_gateway_reaches_the_twin_ports(dev_settings):
+def test_only_the_gateway_reaches_the_twin_ports_whatever_the_filter_table_accepts(dev_settings):
+    """Home in one namespace, the tailnet in another, over a veth named tailscale0. Home
+    accepts everything from tailscale0 first in INPUT and FORWARD (as tailscaled's ts-input
+    and ts-forward do): the raw chain drops the spoofer's SYN before either is consulted."""
     gateway, spoofer, home = "100.64.0.1", "100.64.0.3", dev_settings.home.tailnet_ip
     rules = render_home_firewall(dev_settings, Deployment(gateway_tailnet_ip=gateway))
+    chain = dev_settings.names.home_twin_chain
     twin_ports = [s.home_port for s in catalogue.PROXY_SERVICES]
-    with Netns() as ns:
-        for address in (gateway, spoofer, home):
-            ns.run(["ip", "addr", "add", f"{address}/32", "dev", "lo"]).check_returncode()
-        ns.run(["ip", "link", "set", "lo", "up"]).check_returncode()
-        iptables_restore(rules, ns)
-        # Real hosts hook the chain into DOCKER-USER (forwarded to containers); in one
-        # namespace the same packets pass INPUT.
-        ns.run(["iptables", "-I", "INPUT", "-j", dev_settings.names.home_twin_chain]).check_returncode()
-        probe = ns.run([sys.executable, "-c", PROBE, home, json.dumps([gateway, spoofer]),
-                        json.dumps(twin_ports)])
+    with Netns() as home_ns, Netns() as tailnet:
+        subprocess.run(["ip", "link", "add", "tailscale0", "netns", home_ns.name, "type", "veth",
+                        "peer", "peer0", "netns", tailnet.name], check=True)
+        for ns, interface, addresses, far in ((home_ns, "tailscale0", [home], [gateway, spoofer]),
+                                              (tailnet, "peer0", [gateway, spoofer], [home])):
+            for address in addresses:
+                ns.run(["ip", "addr", "add", f"{address}/32", "dev", interface]).check_returncode()
+            for up in ("lo", interface):
+                ns.run(["ip", "link", "set", up, "up"]).check_returncode()
+            for address in far:
+                ns.run(["ip", "route", "add", f"{address}/32", "dev", interface]).check_returncode()
+        for builtin in ("INPUT", "FORWARD"):
+            home_ns.run(["iptables", "-I", builtin, "1", "-i", "tailscale0", "-j", "ACCEPT"]).check_returncode()
+        saved = iptables_restore(rules, home_ns)
+        assert "*raw" in saved and "*filter" in saved
+        home_ns.run(["iptables", "-t", "raw", "-I", "PREROUTING", "-j", chain]).check_returncode()
+        listener = subprocess.Popen(["ip", "netns", "exec", home_ns.name, sys.executable, "-c", LISTEN, home,
+                                     *map(str, twin_ports)], stdout=subprocess.PIPE, text=True)
+        try:
+            assert listener.stdout.readline().strip() == "ready"
+            probe = tailnet.run([sys.executable, "-c", PROBE, home, json.dumps([gateway, spoofer]),
+                                 json.dumps(twin_ports)])
+        finally:
+            listener.kill()
+            listener.wait()
     assert probe.returncode == 0, probe.stderr
     seen = json.loads(probe.stdout)
     enabled = {s.home_port for s in dev_settings.enabled_services}
     for port in twin_ports:
-        assert seen[f"{spoofer}:{port}"] == "reset", port
-        assert seen[f"{gateway}:{port}"] == ("open" if port in enabled else "reset"), port
+        assert seen[f"{spoofer}:{port}"] == "TimeoutError", port  # dropped: raw cannot reset
+        assert seen[f"{gateway}:{port}"] == ("open" if port in enabled else "TimeoutError"), port
+
+
+def test_the_home_filter_is_ipv4_raw_only(dev_settings):
+    """raw, so no filter-table rule of tailscaled or Docker is consulted first; IPv4, since
+    the twin ports are published on the IPv4 tailnet address only."""
+    rules = render_home_firewall(dev_settings, Deployment(gateway_tailnet_ip="100.64.0.1"))
+    tables = [line for line in rules.splitlines() if line.startswith("*")]
+    assert tables == ["*raw"]
+    assert "REJECT" not in rules and "DOCKER-USER" not in rules
+    assert f"-d {dev_settings.home.tailnet_ip}/32" in rules and ":" not in dev_settings.home.tailnet_ip
 
 
 def exec_start_post(drop_in: str) -> list[str]:
@@ -199,14 +236,19 @@ def test_docker_waits_for_tailscaled_and_reloads_the_firewall(dev_settings, tmp_
     assert "[Unit]\nAfter=tailscaled.service\nWants=tailscaled.service\n" in text
     [command] = exec_start_post(text)
     argv = ["/bin/sh", "-c", command.split("/bin/sh -c ", 1)[1].strip("'")]
+    chain = dev_settings.names.home_twin_chain
     with Netns() as ns:
-        ns.run(["iptables", "-N", "DOCKER-USER"]).check_returncode()  # dockerd makes it
-        for _ in range(2):  # every docker restart runs it again
+        # Docker 28's own raw rule for a container; the filter goes before it.
+        ns.run(["iptables", "-t", "raw", "-A", "PREROUTING", "-d", "198.51.100.2/32", "!", "-i", "br-x",
+                "-j", "DROP"]).check_returncode()
+        for _ in range(2):  # every docker start (each boot) runs it again
             ran = ns.run(argv)
             assert ran.returncode == 0, ran.stderr
-        saved = ns.run(["iptables-save"]).stdout
-    assert saved.count(f"-A DOCKER-USER -j {dev_settings.names.home_twin_chain}") == 1
-    assert "--reject-with tcp-reset" in saved
+        prerouting = ns.run(["iptables", "-t", "raw", "-S", "PREROUTING"]).stdout.splitlines()
+        twin = ns.run(["iptables", "-t", "raw", "-S", chain]).stdout
+    assert prerouting[1:] == [f"-A PREROUTING -j {chain}",
+                              "-A PREROUTING -d 198.51.100.2/32 ! -i br-x -j DROP"]
+    assert twin.count(" -j DROP") == 1 and twin.count(" -j RETURN") == 1
 
 
 def test_nothing_in_the_drop_in_can_stop_docker(dev_settings):

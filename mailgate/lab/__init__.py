@@ -4,13 +4,18 @@
     (probes, and a sending Postfix)
                                         192.0.2.1 │ wg-gw 100.64.0.1
                                       WireGuard (wireguard-go), home dials out
-                                        192.0.2.2 │ wg-home 100.64.0.2
-                                               mglab-home (Postfix + Dovecot, rendered
-                                               extra.cf / extra.conf / home firewall,
-                                               tailnet policy: gateway -> twins only)
-                                        192.0.2.5 │ (second tailnet peer)
-                                        192.0.2.6 │ wg-spoof 100.64.0.3
-                                               mglab-spoof (would-be spoofer)
+                                        192.0.2.2 │ tailscale0 100.64.0.2
+                                               mglab-home: the Mini PC's host side.
+                                               tailscaled's ts-input/ts-forward chains,
+                                               Docker 28's chains and DNAT publishing the
+                                               ports, the rendered home filter (raw),
+                                               the tailnet policy (gateway -> twins only)
+                            br-mailcow 198.51.100.65 │ veth
+                                   eth0 198.51.100.66 mglab-mailcow (Postfix + Dovecot:
+                                               Mailcow's containers, rendered extra.cf /
+                                               extra.conf)
+    mglab-home 192.0.2.5 ── veth ── 192.0.2.6 mglab-spoof, wg-spoof 100.64.0.3
+                                               (a second tailnet peer, would-be spoofer)
     mglab-home 192.0.2.9 ── veth ── 192.0.2.25 mglab-relay (Postfix + SASL, the smart relay)
 
 Only documentation and CGNAT ranges, host routes only, no default route anywhere:
@@ -23,7 +28,8 @@ from pathlib import Path
 
 STATE = Path("/tmp/mailgate-lab")  # under /tmp: Postfix's maillog_file must be there
 INET, GATEWAY, HOME, SPOOF, RELAY = "mglab-inet", "mglab-gw", "mglab-home", "mglab-spoof", "mglab-relay"
-NAMESPACES = (INET, GATEWAY, HOME, SPOOF, RELAY)
+MAILCOW = "mglab-mailcow"  # Mailcow's containers, behind home as behind Docker's bridge
+NAMESPACES = (INET, GATEWAY, HOME, SPOOF, RELAY, MAILCOW)
 
 CLIENT_IP = "198.51.100.7"
 PUBLIC_IP = "203.0.113.10"
@@ -32,6 +38,10 @@ HOME_SPOOF_UNDERLAY, SPOOF_UNDERLAY = "192.0.2.5", "192.0.2.6"
 # The stand-in for the smart relay, reached from home over the (simulated) internet.
 HOME_RELAY_UNDERLAY, RELAY_IP = "192.0.2.9", "192.0.2.25"
 GATEWAY_TAILNET, HOME_TAILNET, SPOOF_TAILNET = "100.64.0.1", "100.64.0.2", "100.64.0.3"
+HOME_TUNNEL = "tailscale0"  # the name tailscaled gives its interface, which its rules match
+# Docker's bridge for Mailcow (its compose network is called br-mailcow) and the one
+# container address both Postfix and Dovecot stand behind in the lab.
+BRIDGE, BRIDGE_IP, CONTAINER_IP, CONTAINER_SUBNET = "br-mailcow", "198.51.100.65", "198.51.100.66", "198.51.100.64/29"
 WG_PORT = 51820
 
 MAIL_USER, MAIL_PASSWORD = "user@example.com", "lab-password"

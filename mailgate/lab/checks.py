@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailgate.lab import (
-    CLIENT_IP, DEFAULT_IMAP_IDLE, GATEWAY, GATEWAY_TAILNET, HOME_TAILNET, INET, NAMESPACES, MAIL_PASSWORD, MAIL_USER,
+    CLIENT_IP, DEFAULT_IMAP_IDLE, GATEWAY, GATEWAY_TAILNET, HOME, HOME_TAILNET, INET, NAMESPACES, MAIL_PASSWORD, MAIL_USER,
     PUBLIC_IP, SHORT_CUT_MARGIN, SHORT_IDLE_MARGIN, SHORT_IMAP_TIMEOUT, SPOOF,
 )
-from mailgate.lab import topology
+from mailgate.lab import docker_rules, tailnet, topology
 from mailgate.lab.daemons import DOVECOT_LOG, IMAP_TIMEOUT, POSTFIX_LOG, RELAY_LOG, SENDER_DIR, SENDER_LOG
 from mailgate.lab.system import LabError, alive, recorded_pids, run, wait_for
 from mailgate.settings import Settings
@@ -130,15 +130,44 @@ def submission_leaves_through_the_relay(settings: Settings) -> Result:
                   f"submit {answer}, relay saw login={login}, message={delivered}")
 
 
+FORGED_CLIENT = "192.0.2.66"
+
+
+def _twins(settings: Settings) -> str:
+    return ",".join(str(s.home_port) for s in settings.enabled_services if s.proxy_protocol)
+
+
 def forged_proxy_refused(settings: Settings) -> list[Result]:
-    results = []
-    for service in settings.enabled_services:
-        if not service.proxy_protocol:
-            continue
-        answer = probe(SPOOF, "connect", HOME_TAILNET, service.home_port, "192.0.2.66")
-        results.append(Result(f"forged PROXY header refused on twin {service.home_port}",
-                              answer.get("result") == "refused", f"from {SPOOF}: {answer}"))
-    return results
+    """A second tailnet peer sends a forged PROXY header to each twin: no connection may
+    open, so no server reads it (the home filter drops the SYN: it times out)."""
+    answers = probe(SPOOF, "forge", HOME_TAILNET, _twins(settings), FORGED_CLIENT)
+    if "error" in answers:
+        return [Result("forged PROXY header refused on the twins", False, answers["error"][-200:])]
+    return [Result(f"forged PROXY header refused on twin {port}",
+                   not str(answer).startswith("open"), f"from {SPOOF}: {answer}")
+            for port, answer in answers.items()]
+
+
+def filter_holds_after_restarts(settings: Settings) -> list[Result]:
+    """tailscaled restarted (its chains back first in INPUT and FORWARD) and Docker
+    restarted (its chains rebuilt, DOCKER-USER kept): the second tailnet peer still gets
+    no banner from any twin, and the gateway, speaking PROXY as nginx does, gets one from
+    each."""
+    tailnet.restart_tailscaled()
+    docker_rules.restart(settings)
+    first = {builtin: run(["iptables", "-S", builtin], HOME).stdout.splitlines()[1:2]
+             for builtin in ("INPUT", "FORWARD")}
+    restarted = first == {"INPUT": ["-A INPUT -j ts-input"], "FORWARD": ["-A FORWARD -j ts-forward"]}
+    spoofed = probe(SPOOF, "forge", HOME_TAILNET, _twins(settings), FORGED_CLIENT)
+    gateway = probe(GATEWAY, "forge", HOME_TAILNET, _twins(settings), CLIENT_IP)
+    return [
+        Result("after tailscaled and Docker restarts, a second tailnet peer gets no banner from any twin",
+               restarted and "error" not in spoofed and not any(str(a).startswith("open") for a in spoofed.values()),
+               f"first in INPUT/FORWARD {first}; from {SPOOF}: {spoofed}"),
+        Result("after tailscaled and Docker restarts, the gateway gets a banner from every twin",
+               "error" not in gateway and all(str(a).startswith("open, banner") for a in gateway.values()),
+               f"from {GATEWAY}: {gateway}"),
+    ]
 
 
 def plain_ports_closed_to_the_tunnel(settings: Settings) -> Result:
@@ -291,6 +320,7 @@ def run_checks(settings: Settings, imap_idle: float | None = None) -> list[Resul
         results.append(plain_ports_closed_to_the_tunnel(settings))
         # Collected before the outages: a NOOP stalled by a downed tunnel would prove nothing.
         results += idle_sessions.results()
+        results += filter_holds_after_restarts(settings)
         results.append(gateway_survives_home_outage())
         results.append(queued_during_outage_then_delivered_once())
     finally:

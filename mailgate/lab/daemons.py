@@ -6,8 +6,9 @@ What the lab substitutes, and why (nothing else is changed):
 - Postfix extra.cf: Mailcow's container path /opt/postfix/conf becomes the lab's config
   dir, and Mailcow's `proxy:mysql:` SASL map is dropped from the list: the lab has no
   MySQL (and Debian's Postfix no mysql map type). The relay settings stay as rendered.
-- The home firewall is hooked into INPUT instead of Docker's DOCKER-USER: the lab's
-  daemons run in the namespace itself, not behind Docker's NAT.
+- Postfix and Dovecot run in one "container" namespace (real Mailcow has one container
+  each); Docker's port publication and tailscaled's chains are reproduced on home by
+  docker_rules.py and tailnet.py. The home filter is loaded as the home apply loads it.
 - Only with `lab up --imap-timeout N`: the IMAP idle-timeout class is rendered as N s
   (through the renderer's `idle_seconds`), so `check` can watch nginx enforce it.
 - The tailnet policy snippet is enforced by iptables on home (see tailnet.py), since the
@@ -21,7 +22,8 @@ from pathlib import Path
 
 from mailgate.catalogue import IdleTimeout
 from mailgate.deployment import Deployment
-from mailgate.lab import GATEWAY, GATEWAY_TAILNET, HOME, INET, RELAY, RELAY_IP, MAIL_PASSWORD, MAIL_UID, MAIL_USER, PUBLIC_IP, STATE
+from mailgate.lab import GATEWAY, GATEWAY_TAILNET, HOME, INET, MAILCOW, RELAY, RELAY_IP, MAIL_PASSWORD, MAIL_UID, MAIL_USER, PUBLIC_IP, STATE
+from mailgate.lab import docker_rules
 from mailgate.lab.system import LabError, record_pid, run, spawn, wait_for
 from mailgate.renderers import render_template
 from mailgate.renderers.firewall import render_home_firewall
@@ -58,11 +60,20 @@ def lab_extra_cf(settings: Settings) -> str:
     return text.replace(POSTFIX_CONTAINER_CONF, str(POSTFIX_DIR))
 
 
+def load_home_filter(settings: Settings) -> None:
+    """The rendered home filter, loaded and hooked as home-apply.sh and the Docker
+    drop-in do it (first in raw PREROUTING)."""
+    run(["iptables-restore", "--noflush"], HOME,
+        stdin=render_home_firewall(settings, Deployment(gateway_tailnet_ip=GATEWAY_TAILNET)))
+    chain = settings.names.home_twin_chain
+    if run(["iptables", "-t", "raw", "-C", "PREROUTING", "-j", chain], HOME, check=False).returncode:
+        run(["iptables", "-t", "raw", "-I", "PREROUTING", "-j", chain], HOME)
+
+
 def start_home(settings: Settings, home_firewall: bool = True) -> None:
+    docker_rules.start(settings)
     if home_firewall:
-        run(["iptables-restore", "--noflush"], HOME,
-            stdin=render_home_firewall(settings, Deployment(gateway_tailnet_ip=GATEWAY_TAILNET)))
-        run(["iptables", "-I", "INPUT", "-j", settings.names.home_twin_chain], HOME)
+        load_home_filter(settings)
     MAIL_DIR.mkdir(parents=True, exist_ok=True)
     shutil.chown(MAIL_DIR, MAIL_UID, MAIL_UID)
     _start_postfix(settings)
@@ -84,11 +95,11 @@ def _start_postfix(settings: Settings) -> None:
     (POSTFIX_DIR / "transport").write_text("discard.example discard:\n")
     (POSTFIX_DIR / "mailgate_relay_passwd").write_text(
         render_relay_password_map(settings, LAB_RELAY_PASSWORD))
-    run(["postfix", "-c", str(POSTFIX_DIR), "check"], HOME)
+    run(["postfix", "-c", str(POSTFIX_DIR), "check"], MAILCOW)
     # The relay's name resolves through the lab's hosts file (the master and its smtp
     # clients inherit this private mount); there is no DNS in the lab.
     HOSTS.write_text(f"127.0.0.1 localhost\n{RELAY_IP} {settings.relay.host}\n")
-    run(["sh", "-c", f"mount --bind {HOSTS} /etc/hosts && exec postfix -c {POSTFIX_DIR} start"], HOME)
+    run(["sh", "-c", f"mount --bind {HOSTS} /etc/hosts && exec postfix -c {POSTFIX_DIR} start"], MAILCOW)
     pid_file = POSTFIX_DIR / "queue" / "pid" / "master.pid"
     wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), "the Postfix master")
     record_pid("postfix-master", int(pid_file.read_text()))
@@ -108,7 +119,7 @@ def _start_dovecot(settings: Settings) -> None:
                                     mail_dir=MAIL_DIR, imap_listeners=imap))
     # Dovecot always records itself in /var/lib/dovecot/instances: give it the lab's own.
     spawn("dovecot", ["sh", "-c", f"mount --bind {DOVECOT_DIR / 'var-lib'} /var/lib/dovecot && "
-                      f"exec dovecot -F -c {conf}"], HOME)
+                      f"exec dovecot -F -c {conf}"], MAILCOW)
     wait_for(lambda: (DOVECOT_DIR / "run" / "master.pid").exists(), "Dovecot", timeout=15)
 
 
@@ -169,7 +180,7 @@ def start_sender() -> None:
 
 
 def stop_postfix() -> None:
-    for directory, namespace in ((POSTFIX_DIR, HOME), (SENDER_DIR, INET), (RELAY_DIR / "postfix", RELAY)):
+    for directory, namespace in ((POSTFIX_DIR, MAILCOW), (SENDER_DIR, INET), (RELAY_DIR / "postfix", RELAY)):
         if (directory / "main.cf").exists():
             run(["postfix", "-c", str(directory), "stop"], namespace, check=False)
 

@@ -31,9 +31,10 @@ def up(settings: Settings, home_firewall: bool = True, nginx_edit=None, tailnet_
         topology.create_namespaces()
         topology.create_tunnel()
         daemons.start_relay(settings)
+        tailnet.start_tailscaled()
         daemons.start_home(settings, home_firewall=home_firewall)
         if tailnet_policy:
-            tailnet.apply(settings)  # first in INPUT, as Tailscale filters before the host does
+            tailnet.apply(settings)  # before Docker's DNAT, as Tailscale filters before the host does
         daemons.start_gateway(settings, nginx_edit, imap_timeout)
         daemons.start_sender()
     except Exception as error:  # whatever broke, leave nothing behind

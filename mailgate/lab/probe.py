@@ -99,6 +99,34 @@ def connect(host: str, port: str, forged: str = "") -> dict:
         return {"result": type(error).__name__}
 
 
+def forge(host: str, ports: str, forged: str) -> dict:
+    """To each port at once: connect (3 s), send a PROXY header claiming `forged`, and
+    read what the server says first (after TLS on the implicit-TLS twins). "open, ..."
+    whenever the connection was established, whatever followed."""
+    def one(port: str) -> str:
+        try:
+            sock = socket.create_connection((host, int(port)), timeout=3)
+        except ConnectionRefusedError:
+            return "refused"
+        except OSError as error:
+            return type(error).__name__
+        try:
+            sock.sendall(f"PROXY TCP4 {forged} {host} 40000 {port}\r\n".encode())
+            sock.settimeout(TIMEOUT)  # postscreen may hold its banner back a while
+            if int(port) in (10465, 10993):
+                sock = _tls().wrap_socket(sock)
+            said = sock.recv(200).decode(errors="replace").strip()
+            return f"open, banner {said[:40]}" if said else "open, closed without a word"
+        except OSError as error:
+            return f"open, then {type(error).__name__}"
+        finally:
+            sock.close()
+
+    port_list = ports.split(",")
+    with ThreadPoolExecutor(len(port_list)) as pool:
+        return dict(zip(port_list, pool.map(one, port_list)))
+
+
 def fetch(host: str, user: str, password: str, subject: str) -> dict:
     """IMAPS login and count messages with that subject."""
     try:
@@ -183,7 +211,7 @@ def hold(host: str, port: str, count: str, seconds: str) -> dict:
     return {"opened": len(sockets), "still_open": alive}
 
 
-ACTIONS = {"idle": idle, "reach": reach, "submit": submit, "latency": latency, "hold": hold, "send": send, "banner": banner, "connect": connect, "fetch": fetch}
+ACTIONS = {"idle": idle, "reach": reach, "submit": submit, "latency": latency, "hold": hold, "send": send, "banner": banner, "connect": connect, "forge": forge, "fetch": fetch}
 
 if __name__ == "__main__":
     print(json.dumps(ACTIONS[sys.argv[1]](*sys.argv[2:])))

@@ -1,9 +1,10 @@
-"""Namespaces, links and the WireGuard tunnel of the lab."""
+"""Namespaces, links and the WireGuard tunnel of the lab, and the link from home to
+Mailcow's "container" namespace (Docker's bridge, as a veth)."""
 
 from __future__ import annotations
 
 from mailgate.lab import (
-    CLIENT_IP, GATEWAY, HOME_RELAY_UNDERLAY, RELAY, RELAY_IP, GATEWAY_TAILNET, GATEWAY_UNDERLAY, HOME, HOME_SPOOF_UNDERLAY,
+    BRIDGE, BRIDGE_IP, CONTAINER_IP, HOME_TUNNEL, MAILCOW, CLIENT_IP, GATEWAY, HOME_RELAY_UNDERLAY, RELAY, RELAY_IP, GATEWAY_TAILNET, GATEWAY_UNDERLAY, HOME, HOME_SPOOF_UNDERLAY,
     HOME_TAILNET, HOME_UNDERLAY, INET, NAMESPACES, PUBLIC_IP, SPOOF, SPOOF_TAILNET,
     SPOOF_UNDERLAY, STATE, WG_PORT,
 )
@@ -18,7 +19,7 @@ LINKS = (
 )
 # Interface names are distinct because wireguard-go's control sockets live in one
 # /var/run/wireguard shared by every namespace.
-TUNNELS = {GATEWAY: ("wg-gw", GATEWAY_TAILNET), HOME: ("wg-home", HOME_TAILNET),
+TUNNELS = {GATEWAY: ("wg-gw", GATEWAY_TAILNET), HOME: (HOME_TUNNEL, HOME_TAILNET),
            SPOOF: ("wg-spoof", SPOOF_TAILNET)}
 
 
@@ -38,6 +39,25 @@ def create_namespaces() -> None:
             run(["ip", "link", "set", interface, "up"], namespace)
             # A host route to the far end only: there is no default route anywhere.
             run(["ip", "route", "add", f"{peer}/32", "dev", interface], namespace)
+    _create_container_link()
+
+
+# Whom Mailcow's containers answer or reach, all through home (Docker's bridge gateway).
+CONTAINER_PEERS = (GATEWAY_TAILNET, SPOOF_TAILNET, GATEWAY_UNDERLAY, RELAY_IP)
+
+
+def _create_container_link() -> None:
+    run(["ip", "link", "add", BRIDGE, "netns", HOME, "type", "veth", "peer", "eth0", "netns", MAILCOW])
+    run(["ip", "addr", "add", f"{BRIDGE_IP}/32", "dev", BRIDGE], HOME)
+    run(["ip", "addr", "add", f"{CONTAINER_IP}/32", "dev", "eth0"], MAILCOW)
+    for namespace, interface in ((HOME, BRIDGE), (MAILCOW, "eth0")):
+        run(["ip", "link", "set", interface, "up"], namespace)
+    run(["ip", "route", "add", f"{CONTAINER_IP}/32", "dev", BRIDGE], HOME)
+    run(["ip", "route", "add", f"{BRIDGE_IP}/32", "dev", "eth0"], MAILCOW)
+    for peer in CONTAINER_PEERS:
+        run(["ip", "route", "add", f"{peer}/32", "via", BRIDGE_IP, "dev", "eth0"], MAILCOW)
+    # Docker turns forwarding on; a new namespace starts with it off.
+    run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"], HOME)
 
 
 def _key(name: str) -> str:
@@ -60,7 +80,7 @@ def create_tunnel() -> None:
     run(["wg", "set", "wg-gw", "private-key", key(GATEWAY), "listen-port", str(WG_PORT),
          "peer", public[HOME], "allowed-ips", f"{HOME_TAILNET}/32"], GATEWAY)
     # Home dials out with keepalive, as it must from behind CGNAT.
-    run(["wg", "set", "wg-home", "private-key", key(HOME), "listen-port", str(WG_PORT),
+    run(["wg", "set", HOME_TUNNEL, "private-key", key(HOME), "listen-port", str(WG_PORT),
          "peer", public[GATEWAY], "allowed-ips", f"{GATEWAY_TAILNET}/32",
          "endpoint", f"{GATEWAY_UNDERLAY}:{WG_PORT}", "persistent-keepalive", "1",
          "peer", public[SPOOF], "allowed-ips", f"{SPOOF_TAILNET}/32"], HOME)
@@ -80,10 +100,10 @@ def handshake(namespace: str) -> bool:
 
 
 def set_home_tunnel(up: bool) -> None:
-    run(["ip", "link", "set", "wg-home", "up" if up else "down"], HOME)
+    run(["ip", "link", "set", HOME_TUNNEL, "up" if up else "down"], HOME)
     if up:
-        run(["ip", "route", "replace", f"{GATEWAY_TAILNET}/32", "dev", "wg-home"], HOME)
-        run(["ip", "route", "replace", f"{SPOOF_TAILNET}/32", "dev", "wg-home"], HOME)
+        run(["ip", "route", "replace", f"{GATEWAY_TAILNET}/32", "dev", HOME_TUNNEL], HOME)
+        run(["ip", "route", "replace", f"{SPOOF_TAILNET}/32", "dev", HOME_TUNNEL], HOME)
 
 
 def delete_namespaces() -> None:

@@ -1,9 +1,16 @@
 """Host firewall rules as iptables-restore input (applied with --noflush).
 
 Gateway: the MAILGATE-IN chain, hooked into INPUT by cloud-init, opens the enabled
-public ports. Home: the stack's MAILGATE-TWIN-<stack> chain, hooked into Docker's DOCKER-USER chain,
-lets only the gateway reach Mailcow's PROXY twin ports, because Postfix believes any
-PROXY header it is sent and would otherwise let anyone claim any client address.
+public ports. Home: the stack's MAILGATE-TWIN-<stack> chain in the `raw` table, hooked into
+raw PREROUTING, lets only the gateway reach Mailcow's PROXY twin ports, because Postfix
+believes any PROXY header it is sent and would otherwise let anyone claim any client
+address.
+
+Why `raw` and not Docker's DOCKER-USER: tailscaled inserts `ts-forward` at position 1 of
+filter FORWARD (again at every restart) and it ACCEPTs whatever arrives on tailscale0, so a
+published port's forwarded packets never reach DOCKER-USER (Docker 28 appends its jumps).
+raw PREROUTING runs before conntrack, before Docker's DNAT and before any filter chain,
+and neither tailscaled nor Docker flush it; a dropped SYN never becomes a connection.
 """
 
 from __future__ import annotations
@@ -40,29 +47,32 @@ def render_gateway_firewall(settings: Settings, ip_version: int = 4) -> str:
 
 
 def render_home_firewall(settings: Settings, deployment: Deployment) -> str:
-    """Twin ports: the gateway's tailnet address may connect, everyone else gets a reset.
+    """Twin ports on the home tailnet address: the gateway's tailnet address may connect,
+    every other source is dropped (raw cannot REJECT: the sender times out).
 
-    Every PROXY twin port of the catalogue is guarded, enabled or not, so a leftover
-    publication (e.g. Mailcow's HAPROXY example) cannot be spoofed through either.
+    Matched on the destination as sent (raw PREROUTING sees the packet before Docker's
+    DNAT rewrites it to the container). IPv4 only: Mailcow's twin ports are published on
+    the home's IPv4 tailnet address alone (settings.home.tailnet_ip), so nothing listens
+    for them on the IPv6 tailnet address. Every PROXY twin port of the catalogue is
+    guarded, enabled or not, so a leftover publication (e.g. Mailcow's HAPROXY example)
+    cannot be spoofed through either.
     """
     enabled_twins = tuple(s for s in settings.enabled_services if s.proxy_protocol)
     home = settings.home.tailnet_ip
     chain = settings.names.home_twin_chain
     lines = [
         HEADER,
-        "*filter",
+        "*raw",
         f":{chain} - [0:0]",
     ]
     if enabled_twins:
         lines.append(
-            f"-A {chain} -s {deployment.gateway_tailnet_ip}/32 -p tcp "
-            f"-m conntrack --ctorigdst {home}/32 "
+            f"-A {chain} -s {deployment.gateway_tailnet_ip}/32 -d {home}/32 -p tcp "
             f"-m multiport --dports {_ports(enabled_twins, 'home_port')} -j RETURN"
         )
     lines += [
-        f"-A {chain} -p tcp -m conntrack --ctorigdst {home}/32 "
-        f"-m multiport --dports {_ports(catalogue.PROXY_SERVICES, 'home_port')} "
-        "-j REJECT --reject-with tcp-reset",
+        f"-A {chain} -d {home}/32 -p tcp "
+        f"-m multiport --dports {_ports(catalogue.PROXY_SERVICES, 'home_port')} -j DROP",
         "COMMIT",
         "",
     ]

@@ -83,8 +83,9 @@ def block_keys(block: str) -> list[str]:
 
 
 def render_docker_after_tailscale(firewall_rules: str, chain: str) -> str:
-    """systemd drop-in for docker.service: start after tailscaled, and re-load the
-    twin-port firewall each time dockerd (re)creates its DOCKER-USER chain.
+    """systemd drop-in for docker.service: start after tailscaled, and load the twin-port
+    filter (raw PREROUTING) each time dockerd starts, every boot included: the raw table
+    survives Docker and tailscaled restarts, not a reboot, and nothing else saves it.
 
     Nothing here may stop Docker: the `-` prefix makes systemd record a failing command
     and carry on (systemd.service(5)), and `-w` waits for the xtables lock that dockerd
@@ -99,5 +100,6 @@ def render_docker_after_tailscale(firewall_rules: str, chain: str) -> str:
         "\n"
         "[Service]\n"
         f"ExecStartPost=-/bin/sh -c 'iptables-restore -w --noflush {firewall_rules} && "
-        f"(iptables -w -C DOCKER-USER -j {chain} 2>/dev/null || iptables -w -I DOCKER-USER -j {chain})'\n"
+        f"(iptables -w -t raw -C PREROUTING -j {chain} 2>/dev/null || "
+        f"iptables -w -t raw -I PREROUTING -j {chain})'\n"
     )

@@ -8,7 +8,12 @@ import sys
 import pytest
 
 from mailgate.lab import NAMESPACES, STATE, lab
-from mailgate.lab.checks import forged_proxy_refused, plain_ports_closed_to_the_tunnel, real_client_address
+from mailgate import catalogue
+from mailgate.lab import GATEWAY_TAILNET, HOME
+from mailgate.lab.checks import (
+    filter_holds_after_restarts, forged_proxy_refused, plain_ports_closed_to_the_tunnel, real_client_address,
+)
+from mailgate.lab.system import run
 from mailgate.lab.system import alive, exclusive, recorded_pids
 from tests.conftest import ROOT, need, need_program, need_root
 
@@ -50,7 +55,8 @@ def test_up_check_down_through_the_command_line():
     check = mailgate("check")
     print(check.stdout)
     assert check.returncode == 0, check.stdout
-    assert check.stdout.splitlines()[-1] == "23 passed, 0 failed"
+    assert check.stdout.splitlines()[-1] == "25 passed, 0 failed"
+    assert "PASS  after tailscaled and Docker restarts, a second tailnet peer gets no banner from any twin" in check.stdout
     assert "PASS  IMAP session idle 8 s through the gateway stays open" in check.stdout
     assert "PASS  IMAP session idle 14 s is cut at the configured 10 s" in check.stdout
     # The short variant picks its own idle times; a contradicting --imap-idle is refused.
@@ -75,6 +81,38 @@ def test_without_the_home_firewall_forged_proxy_headers_get_through(dev_settings
         f"forged PROXY header refused on twin {port}" for port in (10025, 10465, 10587, 10143, 10993, 14190)
     }
     assert all(name.startswith("forged PROXY") for name in broken), broken
+
+
+def docker_user_filter(settings) -> str:
+    """The home filter mailgate rendered before it moved to raw: a filter-table chain,
+    hooked into Docker's DOCKER-USER."""
+    chain, home = settings.names.home_twin_chain, settings.home.tailnet_ip
+    enabled = ",".join(str(s.home_port) for s in settings.enabled_services if s.proxy_protocol)
+    every = ",".join(str(s.home_port) for s in catalogue.PROXY_SERVICES)
+    return "\n".join([
+        "*filter", f":{chain} - [0:0]",
+        f"-A {chain} -s {GATEWAY_TAILNET}/32 -p tcp -m conntrack --ctorigdst {home}/32 "
+        f"-m multiport --dports {enabled} -j RETURN",
+        f"-A {chain} -p tcp -m conntrack --ctorigdst {home}/32 -m multiport --dports {every} "
+        "-j REJECT --reject-with tcp-reset",
+        "COMMIT", ""])
+
+
+def test_a_filter_behind_docker_user_is_overtaken_by_tailscaled(dev_settings):
+    # tailscaled's ts-forward, first in FORWARD, accepts whatever arrives on tailscale0
+    # before Docker's FORWARD jumps reach DOCKER-USER: the spoofer gets its banners.
+    lab.up(dev_settings, home_firewall=False)
+    settings = lab.lab_settings(dev_settings)
+    try:
+        run(["iptables-restore", "--noflush"], HOME, stdin=docker_user_filter(settings))
+        run(["iptables", "-I", "DOCKER-USER", "-j", settings.names.home_twin_chain], HOME)
+        forged = forged_proxy_refused(settings)
+        spoofer, gateway = filter_holds_after_restarts(settings)
+    finally:
+        lab.down()
+    assert forged and not any(result.passed for result in forged), [r.line() for r in forged]
+    assert not spoofer.passed and "open, banner 220" in spoofer.detail, spoofer.detail
+    assert gateway.passed, gateway.detail
 
 
 def test_without_proxy_protocol_the_real_address_check_fails(dev_settings):

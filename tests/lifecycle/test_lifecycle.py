@@ -235,8 +235,8 @@ def test_two_stacks_share_a_tailnet_and_a_home_without_touching_each_other(lab):
     assert lab.last.exports["gateway_tailnet_ip"] == lab.vm("prod").devices[-1].address
     assert set(lab.world.store.buckets) == {"mailgate-dev-bootstrap", "mailgate-prod-bootstrap"}
     firewall = lab.home.firewall()
-    assert "-A DOCKER-USER -j MAILGATE-TWIN-dev" in firewall
-    assert "-A DOCKER-USER -j MAILGATE-TWIN-prod" in firewall
+    assert "-A PREROUTING -j MAILGATE-TWIN-dev" in firewall
+    assert "-A PREROUTING -j MAILGATE-TWIN-prod" in firewall
     for stack in ("dev", "prod"):
         assert_gateway_serves(lab, stack)
         assert_home_serves(lab, "xsmtpsib-first-relay-key", stack)
@@ -244,7 +244,7 @@ def test_two_stacks_share_a_tailnet_and_a_home_without_touching_each_other(lab):
     assert_ok(lab.destroy("prod"), lab)
     assert lab.home.tree(lab.raw["prod"]["home"]["mailcowDir"]) == prod_before
     assert "MAILGATE-TWIN-prod" not in lab.home.firewall()
-    assert "-A DOCKER-USER -j MAILGATE-TWIN-dev" in lab.home.firewall()
+    assert "-A PREROUTING -j MAILGATE-TWIN-dev" in lab.home.firewall()
     assert_home_serves(lab, "xsmtpsib-first-relay-key", "dev")
     assert_gateway_serves(lab, "dev")
 
