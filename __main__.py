@@ -27,10 +27,11 @@ gateway = GatewayHost("gateway", GatewayHostArgs(settings, network.subnet_id, bo
 enrolment = GatewayEnrolment("gateway-enrolment", GatewayEnrolmentArgs(
     settings, bootstrap, gateway.instance.id, tailnet.acl))
 GatewayConfig("gateway-config", GatewayConfigArgs(
-    settings, enrolment.tailnet_ip, secrets.gateway_ssh_private_key, gateway.instance.id))
+    settings, enrolment.tailnet_ip, secrets.gateway_ssh_private_key, gateway.instance.id,
+    enrolment.host_public_key))
 HomeConfig("home-config", HomeConfigArgs(
     settings, enrolment.tailnet_ip, secrets.relay_password, secrets.home_ssh_private_key,
-    enrolment.tailnet_ip, secrets.gateway_ssh_private_key))
+    enrolment.tailnet_ip, secrets.gateway_ssh_private_key, enrolment.host_public_key))
 
 deployment = pulumi.Output.all(
     gateway_tailnet_ip=enrolment.tailnet_ip,

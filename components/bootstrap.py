@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_oci as oci
 import pulumi_tailscale as tailscale
+import pulumi_tls as tls
 
 from components.tailnet import tailnet_ipv4
 from mailgate.names import gateway_machine_name, vm_suffix
@@ -101,6 +102,8 @@ class GatewayEnrolment(pulumi.ComponentResource):
 
     machine_name: pulumi.Output[str]
     tailnet_ip: pulumi.Output[str]
+    host_public_key: pulumi.Output[str]
+    """The VM's SSH host key ('ssh-ed25519 AAAA...'), pinned by every connection to it."""
 
     def __init__(self, name: str, args: GatewayEnrolmentArgs,
                  opts: pulumi.ResourceOptions | None = None) -> None:
@@ -126,6 +129,15 @@ class GatewayEnrolment(pulumi.ComponentResource):
                 depends_on=[args.tailnet_policy] if args.tailnet_policy else None,
             ),
         )
+        # Made by the program, delivered with the enrolment and pinned by every connection:
+        # the gateway is never trusted on first sight. A new VM gets a new one.
+        host_key = tls.PrivateKey(
+            f"{name}-host-key",
+            algorithm="ED25519",
+            opts=pulumi.ResourceOptions(parent=self, replacement_trigger=args.instance_id,
+                                        additional_secret_outputs=["private_key_openssh"]),
+        )
+        self.host_public_key = host_key.public_key_openssh.apply(lambda key: key.strip())
         prefix = settings.gateway_machine_prefix
         self.machine_name = args.instance_id.apply(lambda instance: gateway_machine_name(prefix, instance))
         enrolment = oci.objectstorage.StorageObject(
@@ -135,7 +147,8 @@ class GatewayEnrolment(pulumi.ComponentResource):
             # The VM asks for its own OCID, which it reads from the metadata service.
             object=args.instance_id,
             content=pulumi.Output.secret(
-                pulumi.Output.all(key.key, self.machine_name).apply(lambda v: render_enrolment(*v))),
+                pulumi.Output.all(key.key, self.machine_name, host_key.private_key_openssh).apply(
+                    lambda v: render_enrolment(*v))),
             content_type="text/plain",
             opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["content"]),
         )
@@ -145,4 +158,5 @@ class GatewayEnrolment(pulumi.ComponentResource):
             opts=pulumi.InvokeOutputOptions(parent=self, depends_on=[enrolment]),
         )
         self.tailnet_ip = device.addresses.apply(tailnet_ipv4)
-        self.register_outputs({"machine_name": self.machine_name, "tailnet_ip": self.tailnet_ip})
+        self.register_outputs({"machine_name": self.machine_name, "tailnet_ip": self.tailnet_ip,
+                               "host_public_key": self.host_public_key})

@@ -30,6 +30,8 @@ class GatewayConfigArgs:
     private_key: pulumi.Input[str] | None
     instance_id: pulumi.Output[str]
     """The VM the configuration is for."""
+    host_key: pulumi.Input[str]
+    """That VM's SSH host public key, pinned."""
 
 
 class GatewayConfig(pulumi.ComponentResource):
@@ -42,7 +44,7 @@ class GatewayConfig(pulumi.ComponentResource):
         # No triggers: a change of them would replace the command, never update it.
         self.apply = remote.Command(
             f"{name}-apply",
-            connection=gateway_connection(args.settings, args.tailnet_ip, args.private_key),
+            connection=gateway_connection(args.settings, args.tailnet_ip, args.private_key, args.host_key),
             create=script,
             update=script,
             stdin=pack(files),

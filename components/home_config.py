@@ -36,6 +36,8 @@ class HomeConfigArgs:
     private_key: pulumi.Input[str] | None
     gateway_address: pulumi.Input[str] | None = None
     gateway_private_key: pulumi.Input[str] | None = None
+    gateway_host_key: pulumi.Input[str] | None = None
+    """The gateway's SSH host key, pinned on the jump (home.viaGateway)."""
 
 
 class HomeConfig(pulumi.ComponentResource):
@@ -43,7 +45,7 @@ class HomeConfig(pulumi.ComponentResource):
         super().__init__("mailgate:remote:HomeConfig", name, None, opts)
         settings = args.settings
         connection = home_connection(settings, args.private_key, args.gateway_address,
-                                     args.gateway_private_key)
+                                     args.gateway_private_key, args.gateway_host_key)
 
         def bundle(values: list) -> str:
             gateway_ip, password = values

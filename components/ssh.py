@@ -1,5 +1,6 @@
-"""SSH connections for the remote steps: bounded dialing, optional host key pinning,
-optional jump through the gateway."""
+"""SSH connections for the remote steps: bounded dialing, host keys pinned (the
+gateway's made by the program, the Mini PC's from the stack config), an optional jump
+through the gateway."""
 
 from __future__ import annotations
 
@@ -21,22 +22,24 @@ STEP_TIMEOUT = "20m"
 
 
 def gateway_connection(settings: Settings, address: pulumi.Input[str],
-                       private_key: pulumi.Input[str] | None) -> remote.ConnectionArgs:
-    # The gateway's host key is made on its first boot, so it cannot be pinned in advance.
+                       private_key: pulumi.Input[str] | None,
+                       host_key: pulumi.Input[str]) -> remote.ConnectionArgs:
     return remote.ConnectionArgs(
-        host=address, user=settings.gateway.ssh_user, private_key=private_key,
+        host=address, user=settings.gateway.ssh_user, private_key=private_key, host_key=host_key,
         per_dial_timeout=DIAL_TIMEOUT_SECONDS, dial_error_limit=DIAL_ERROR_LIMIT,
     )
 
 
 def home_connection(settings: Settings, private_key: pulumi.Input[str] | None,
                     gateway_address: pulumi.Input[str] | None = None,
-                    gateway_private_key: pulumi.Input[str] | None = None) -> remote.ConnectionArgs:
+                    gateway_private_key: pulumi.Input[str] | None = None,
+                    gateway_host_key: pulumi.Input[str] | None = None) -> remote.ConnectionArgs:
     home = settings.home
     proxy = None
     if home.via_gateway:
         proxy = remote.ProxyConnectionArgs(
             host=gateway_address, user=settings.gateway.ssh_user, private_key=gateway_private_key,
+            host_key=gateway_host_key,
             per_dial_timeout=DIAL_TIMEOUT_SECONDS, dial_error_limit=DIAL_ERROR_LIMIT,
         )
     return remote.ConnectionArgs(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 from pydantic import ValidationError
 
 
@@ -35,12 +37,19 @@ _EXPECTATIONS = {
 }
 
 
-def problems_from_validation_error(error: ValidationError, namespace: str) -> list[str]:
+def problems_from_validation_error(
+    error: ValidationError, namespace: str,
+    missing_hints: dict[tuple[str, ...], Callable[[dict], str]] | None = None,
+) -> list[str]:
+    """`missing_hints`: for a required key (its location), what to say when it is missing,
+    from the object that lacks it (e.g. a command built from its other keys)."""
     problems = []
     for item in error.errors(include_url=False):
         # Validator internals such as 'function-after[...]' are not keys the user typed.
         location = tuple(p for p in item["loc"] if isinstance(p, int) or p.isidentifier())
-        message = _EXPECTATIONS.get(item["type"]) or item["msg"].removeprefix("Value error, ")
+        hint = (missing_hints or {}).get(location) if item["type"] == "missing" else None
+        message = (hint(item["input"] if isinstance(item["input"], dict) else {}) if hint
+                   else _EXPECTATIONS.get(item["type"]) or item["msg"].removeprefix("Value error, "))
         if item["type"].endswith(("_type", "_parsing")):
             got = repr(item["input"])
             message += f" (got {got if len(got) <= 60 else got[:57] + '...'})"

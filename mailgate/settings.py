@@ -383,8 +383,8 @@ class GatewaySettings(Strict):
 
 class HomeSettings(Strict):
     ssh_host: str = Field(
-        description="Address the Pulumi runner uses to SSH into the Mini PC (LAN name, LAN IP "
-        "or tailnet name)."
+        description="Address the Pulumi runner uses to SSH into the Mini PC (LAN name or IP, "
+        "tailnet name or IP; with viaGateway its tailnet IP)."
     )
     ssh_user: str = Field(
         "root",
@@ -392,10 +392,10 @@ class HomeSettings(Strict):
         "step writes /etc and Mailcow's files, loads iptables rules and runs docker).",
     )
     ssh_port: int = Field(22, ge=1, le=65535, description="SSH port of the Mini PC.")
-    ssh_host_key: str | None = Field(
-        None,
-        description="The Mini PC's SSH host public key ('ssh-ed25519 AAAA...'); when set, "
-        "connections to any other key are refused.",
+    ssh_host_key: str = Field(
+        description="The Mini PC's SSH host public key ('ssh-ed25519 AAAA...'), as "
+        "`ssh-keyscan -t ed25519 <sshHost>` prints it after the host name; a server with any "
+        "other key is refused (the sessions carry Mailcow's and the relay's passwords).",
     )
     tailnet_ip: str = Field(
         description="The Mini PC's Tailscale IPv4 address (`tailscale ip -4`); Mailcow's "
@@ -448,8 +448,8 @@ class HomeSettings(Strict):
 
     @field_validator("ssh_host_key")
     @classmethod
-    def _host_key(cls, value: str | None) -> str | None:
-        return None if value is None else _ssh_public_key(value)
+    def _host_key(cls, value: str) -> str:
+        return _ssh_public_key(value)
 
     @field_validator("tailnet_ip")
     @classmethod
@@ -644,6 +644,17 @@ SECRET_KEYS: dict[str, str] = {
 REQUIRED_SECRET_KEYS = ("relayPassword",)
 
 
+def _missing_home_host_key(home: dict) -> str:
+    host, port = home.get("sshHost", "<sshHost>"), home.get("sshPort", 22)
+    return ("missing; mailgate never trusts the Mini PC's SSH host on first sight. Get its key "
+            f"with `ssh-keyscan -p {port} -t ed25519 {host} 2>/dev/null | cut -d' ' -f2-` (or "
+            "`cat /etc/ssh/ssh_host_ed25519_key.pub` on the Mini PC), compare it there, then "
+            "`pulumi config set mailgate:home.sshHostKey '<that line>'`")
+
+
+MISSING_HINTS = {("home", "sshHostKey"): _missing_home_host_key}
+
+
 def load_settings(
     raw: dict[str, Any],
     *,
@@ -665,7 +676,7 @@ def load_settings(
     try:
         settings = Settings.model_validate(plain)
     except ValidationError as error:
-        problems.extend(problems_from_validation_error(error, NAMESPACE))
+        problems.extend(problems_from_validation_error(error, NAMESPACE, MISSING_HINTS))
         settings = None
     if secrets_present is not None:
         for key in REQUIRED_SECRET_KEYS:

@@ -120,6 +120,22 @@ def restoring_command_has_no_triggers(args, report_violation: ReportViolation) -
                          "send changing content on stdin, so that a change is an update")
 
 
+def remote_command_pins_host_keys(args, report_violation: ReportViolation) -> None:
+    # Without a host key pulumi-command accepts any server (InsecureIgnoreHostKey), and
+    # these sessions carry Mailcow's and the relay's passwords. An unknown key (a preview
+    # before the gateway's key exists) raises UnknownValueError, which skips the check.
+    if args.resource_type != REMOTE_COMMAND:
+        return
+    connection = args.props.get("connection") or {}
+    hops = [("connection", connection)]
+    if connection.get("proxy"):
+        hops.append(("connection.proxy", connection["proxy"]))
+    for where, hop in hops:
+        if not hop.get("hostKey"):
+            report_violation(f"{where} to {hop.get('host')} pins no host key: any server on that "
+                             "address would be trusted; set host_key")
+
+
 def user_data_holds_no_tailnet_key(args, report_violation: ReportViolation) -> None:
     # Every process on the VM can read its user data, and a key minted before the VM is
     # expired or spent when a VM is created later: each VM fetches its own.
@@ -155,6 +171,12 @@ POLICIES = [
         description="No remote command with a delete step has triggers (a replace would "
                     "run the old delete after the new create).",
         validate=restoring_command_has_no_triggers,
+        enforcement_level=EnforcementLevel.MANDATORY,
+    ),
+    ResourceValidationPolicy(
+        name="remote-command-pins-host-keys",
+        description="Every remote command's connection, and its jump, pins the server's host key.",
+        validate=remote_command_pins_host_keys,
         enforcement_level=EnforcementLevel.MANDATORY,
     ),
     ResourceValidationPolicy(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -24,15 +25,54 @@ class Sshd:
     process: subprocess.Popen
     user: str = "root"
     keys_dir: Path | None = None
+    host_key_file: Path | None = None
 
-    def run(self, command: str, stdin: str = "", timeout: int = 120) -> subprocess.CompletedProcess:
-        """Run `command` the way pulumi-command does: as the remote command, payload on stdin."""
+    def run(self, command: str, stdin: str = "", timeout: int = 120,
+            host_key: str | None = None) -> subprocess.CompletedProcess:
+        """Run `command` the way pulumi-command does: as the remote command, payload on stdin.
+        With `host_key` ('ssh-ed25519 AAAA...') only a server holding that key is accepted,
+        and only that key type is asked for (pulumi-command remote/connection.go: FixedHostKey,
+        HostKeyAlgorithms = the key's type)."""
+        checking = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
+        known = None
+        if host_key:
+            known = tempfile.NamedTemporaryFile("w", prefix="mailgate-known-hosts-", delete=False)
+            known.write(f"[127.0.0.1]:{self.port} {host_key.strip()}\n")
+            known.close()
+            checking = ["-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known.name}",
+                        "-o", f"HostKeyAlgorithms={host_key.split()[0]}"]
         argv = [
-            "ssh", "-i", str(self.key), "-p", str(self.port), "-o", "BatchMode=yes",
-            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "ssh", "-i", str(self.key), "-p", str(self.port), "-o", "BatchMode=yes", *checking,
             "-o", "LogLevel=ERROR", f"{self.user}@127.0.0.1", command,
         ]
-        return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout)
+        try:
+            return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout)
+        finally:
+            if known:
+                Path(known.name).unlink(missing_ok=True)
+
+    def host_public_key(self) -> str:
+        """The key this sshd presents ('ssh-ed25519 AAAA...')."""
+        assert self.host_key_file is not None
+        return " ".join(Path(f"{self.host_key_file}.pub").read_text().split()[:2])
+
+    def replace_host_key(self, private_key: str) -> None:
+        """Serve `private_key` (OpenSSH format) from now on, as a host whose key file was
+        replaced and whose sshd was restarted (here: SIGHUP, sshd re-reads its keys)."""
+        assert self.host_key_file is not None
+        self.host_key_file.write_text(private_key)
+        self.host_key_file.chmod(0o600)
+        public = subprocess.run(["ssh-keygen", "-y", "-f", str(self.host_key_file)],
+                                capture_output=True, text=True, check=True).stdout
+        Path(f"{self.host_key_file}.pub").write_text(public)
+        self.process.send_signal(signal.SIGHUP)
+        for _ in range(50):
+            scanned = subprocess.run(["ssh-keyscan", "-p", str(self.port), "-t", "ed25519", "127.0.0.1"],
+                                     capture_output=True, text=True, check=False).stdout
+            if public.split()[1] in scanned:
+                return
+            time.sleep(0.1)
+        raise AssertionError("sshd did not take its new host key")
 
     def stop(self) -> None:
         self.process.terminate()
@@ -117,4 +157,4 @@ def start_sshd(directory: Path, env: dict[str, str] | None = None, user: str = "
             break
         except OSError:
             time.sleep(0.1)
-    return Sshd(port, directory / "client", log, process, user, keys_dir)
+    return Sshd(port, directory / "client", log, process, user, keys_dir, directory / "host")

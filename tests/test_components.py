@@ -4,6 +4,8 @@ test_components_network.py, test_components_gateway.py and test_components_tailn
 
 from __future__ import annotations
 
+import base64
+
 import pulumi
 
 from components.bootstrap import BootstrapBucket, BootstrapBucketArgs, GatewayEnrolment, GatewayEnrolmentArgs
@@ -40,8 +42,16 @@ def test_enrolment_carries_the_key_only_as_a_secret_and_names_the_vm(dev_raw, de
     assert h.secret_paths(run.sent_object("oci:ObjectStorage/storageObject:StorageObject")) == {"content"}
     assert h.plain(obj.inputs)["object"] == "ocid1.instance.oc1.eu-frankfurt-1.vm1"
     machine = run.exports["machine"]["value"]
-    assert h.plain(obj.inputs)["content"] == f"TS_AUTHKEY={h.AUTH_KEY}\nTS_HOSTNAME={machine}\n"
+    host_key = base64.b64encode(h.GATEWAY_HOST_KEY_PRIVATE.encode()).decode()
+    assert h.plain(obj.inputs)["content"] == (
+        f"TS_AUTHKEY={h.AUTH_KEY}\nTS_HOSTNAME={machine}\nSSH_HOST_KEY={host_key}\n")
     assert "content" in run.options("oci:ObjectStorage/storageObject:StorageObject")["additional_secret_outputs"]
+    # The host key is the program's own, made for this VM and replaced with it.
+    key_options = run.options("tls:index/privateKey:PrivateKey")
+    assert run.inputs("tls:index/privateKey:PrivateKey")["algorithm"] == "ED25519"
+    assert key_options["replacement_trigger"] == "ocid1.instance.oc1.eu-frankfurt-1.vm1"
+    assert "private_key_openssh" in key_options["additional_secret_outputs"] or \
+        "privateKeyOpenssh" in key_options["additional_secret_outputs"]
 
 
 def test_tailnet_manages_the_policy_only_when_asked(dev_raw, dev_settings):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 
 from components.ssh import DIAL_ERROR_LIMIT, DIAL_TIMEOUT_SECONDS, STEP_TIMEOUT
+import tests.pulumi_harness as h
 from tests.pulumi_harness import plain, run_program
 
 FIRST_DELAY_NS, BACKOFF, MAX_DELAY_NS = 100_000_000, 1.5, 5_000_000_000
@@ -57,7 +58,7 @@ def test_an_unreachable_host_fails_within_ten_minutes_and_before_the_step_timeou
     assert STEP_TIMEOUT.endswith("m") and worst < int(STEP_TIMEOUT[:-1]) * 60
 
 
-def test_every_connection_and_the_jump_through_the_gateway_carry_the_dial_budget(dev_raw):
+def test_every_connection_and_the_jump_through_the_gateway_carry_the_dial_budget_and_a_host_key(dev_raw):
     raw = copy.deepcopy(dev_raw)
     raw["home"]["viaGateway"] = True
     raw["home"]["sshHost"] = raw["home"]["tailnetIp"]
@@ -70,4 +71,11 @@ def test_every_connection_and_the_jump_through_the_gateway_carry_the_dial_budget
         for hop in hops:
             assert (hop["dialErrorLimit"], hop["perDialTimeout"]) == (
                 DIAL_ERROR_LIMIT, DIAL_TIMEOUT_SECONDS), (name, hop["host"])
+            # Never trusted on first sight (pulumi-command ignores host keys without one).
+            assert hop.get("hostKey", "").startswith("ssh-ed25519 "), (name, hop["host"])
     assert "proxy" in connections["home-config-apply"]
+    # The gateway's key is the one the program made for it, on the step and on the jump.
+    gateway_key = " ".join(h.GATEWAY_HOST_KEY_PUBLIC.split()[:2])
+    assert connections["gateway-config-apply"]["hostKey"] == gateway_key
+    assert connections["home-config-apply"]["proxy"]["hostKey"] == gateway_key
+    assert connections["home-config-apply"]["hostKey"] == raw["home"]["sshHostKey"]

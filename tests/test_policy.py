@@ -121,6 +121,18 @@ def test_a_restoring_command_must_not_have_triggers(props, violates):
     assert bool(_violations(rules.restoring_command_has_no_triggers, args)) is violates
 
 
+@pytest.mark.parametrize("connection, violates", [
+    ({"host": "100.64.0.9", "hostKey": "ssh-ed25519 AAAA"}, False),
+    ({"host": "100.64.0.9"}, True),
+    ({"host": "100.64.0.2", "hostKey": "ssh-ed25519 AAAA", "proxy": {"host": "100.64.0.9"}}, True),
+    ({"host": "100.64.0.2", "hostKey": "ssh-ed25519 AAAA",
+      "proxy": {"host": "100.64.0.9", "hostKey": "ssh-ed25519 BBBB"}}, False),
+])
+def test_a_remote_command_must_pin_every_host_key(connection, violates):
+    args = _args(rules.REMOTE_COMMAND, {"create": "apply", "connection": connection})
+    assert bool(_violations(rules.remote_command_pins_host_keys, args)) is violates
+
+
 @pytest.mark.parametrize("user_data, violates", [
     (base64.b64encode(b"#cloud-config\nwrite_files:\n- content: tskey-auth-k123\n").decode(), True),
     ("#cloud-config\nruncmd: [tailscale up --auth-key=tskey-auth-k123]\n", True),
@@ -138,6 +150,7 @@ def test_pack_declares_every_rule_with_its_enforcement():
         "no-world-ssh-or-all-ports": "mandatory",
         "tcp-udp-ingress-has-port-range": "mandatory",
         "restoring-command-has-no-triggers": "mandatory",
+        "remote-command-pins-host-keys": "mandatory",
         "user-data-holds-no-tailnet-key": "mandatory",
         "reserved-public-ip-protected": "advisory",
         "instance-no-ephemeral-public-ip": "advisory",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -13,12 +14,14 @@ from mailgate.renderers.cloud_init import (
     AUTH_KEY_PATH,
     BOOTSTRAP_URL_PATH,
     GATEWAY_INPUT_CHAIN,
+    HOST_KEY_PATH,
     JOIN_SCRIPT_PATH,
     render_cloud_init,
     render_enrolment,
     render_join_script,
 )
 from mailgate.renderers.firewall import render_gateway_firewall
+from tests.pulumi_harness import GATEWAY_HOST_KEY_PRIVATE, GATEWAY_HOST_KEY_PUBLIC
 from tests.settings_variants import everything, variant
 from tests.validators import Netns, cloud_init_check, iptables_restore
 
@@ -84,7 +87,9 @@ def test_bucket_url_cannot_inject_yaml(dev_settings, url):
                                            ("tskey", "Bad_Name"), ("tskey", "a\nTS_AUTHKEY=x")])
 def test_enrolment_refuses_what_the_join_script_could_misread(key, name):
     with pytest.raises(ValueError):
-        render_enrolment(key, name)
+        render_enrolment(key, name, GATEWAY_HOST_KEY_PRIVATE)
+    with pytest.raises(ValueError, match="OpenSSH private key"):
+        render_enrolment("tskey", "m", "ssh-ed25519 AAAA (a public key)")
 
 
 # Stand-ins for the programs the join script calls on a first boot: each records its
@@ -121,7 +126,8 @@ INSTANCE_ID = "ocid1.instance.oc1.eu-frankfurt-1.vm1"
 
 def _join_lab(tmp_path, settings):
     lab, bin_dir, root = tmp_path / "lab", tmp_path / "bin", tmp_path / "root"
-    for directory in (lab / "bucket", bin_dir, root / "etc/mailgate", root / "etc/apt/sources.list.d"):
+    for directory in (lab / "bucket", bin_dir, root / "etc/mailgate", root / "etc/apt/sources.list.d",
+                      root / "etc/ssh"):
         directory.mkdir(parents=True)
     (root / BOOTSTRAP_URL_PATH.lstrip("/")).write_text(URL)
     (bin_dir / "curl").write_text(CURL.replace("INSTANCE", repr(INSTANCE_ID)).replace("BUCKET", repr(URL)))
@@ -142,7 +148,8 @@ def test_first_boot_waits_for_its_enrolment_then_installs_and_joins(dev_settings
     lab, root, run = _join_lab(tmp_path, dev_settings)
     calls = lab / "calls"
     # Egress comes late: the object is served from the fourth try on.
-    (lab / "bucket" / INSTANCE_ID).write_text(render_enrolment("tskey-auth-fresh", "mailgate-dev-gw-abc123"))
+    (lab / "bucket" / INSTANCE_ID).write_text(
+        render_enrolment("tskey-auth-fresh", "mailgate-dev-gw-abc123", GATEWAY_HOST_KEY_PRIVATE))
     (lab / "bucket" / INSTANCE_ID).rename(lab / "late")
     calls.write_text("")
     import threading
@@ -165,6 +172,11 @@ def test_first_boot_waits_for_its_enrolment_then_installs_and_joins(dev_settings
     assert "tskey-auth-fresh" not in calls.read_text().replace(str(lab / "key-seen"), "")
     assert not (root / AUTH_KEY_PATH.lstrip("/")).exists(), "the key stays on disk"
     assert any(line.startswith("apt-get") and "libnginx-mod-stream" in line for line in lines)
+    # sshd serves the program's host key, root-only, before anyone reaches it over the tailnet.
+    host_key = root / HOST_KEY_PATH.lstrip("/")
+    assert host_key.read_text() == GATEWAY_HOST_KEY_PRIVATE and oct(host_key.stat().st_mode & 0o777) == "0o600"
+    assert Path(f"{host_key}.pub").read_text().split()[:2] == GATEWAY_HOST_KEY_PUBLIC.split()[:2]
+    assert lines.index("systemctl restart ssh.service") < lines.index(up)
 
 
 def test_first_boot_gives_up_with_a_reason_and_refuses_a_bad_name(dev_settings, tmp_path):
@@ -177,6 +189,10 @@ def test_first_boot_gives_up_with_a_reason_and_refuses_a_bad_name(dev_settings, 
     result = run()
     assert result.returncode == 1 and "no valid machine name" in result.stderr
     assert not (root / AUTH_KEY_PATH.lstrip("/")).exists()
+    (lab / "bucket" / INSTANCE_ID).write_text("TS_AUTHKEY=tskey-x\nTS_HOSTNAME=gw\nSSH_HOST_KEY=bm90IGEga2V5\n")
+    result = run()
+    assert result.returncode == 1 and "the enrolment holds no valid SSH host key" in result.stderr
+    assert "tailscale up" not in (lab / "calls").read_text()
 
 
 def test_oracle_reject_rule_no_longer_hides_the_enabled_ports(dev_raw):

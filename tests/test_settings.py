@@ -225,3 +225,11 @@ def test_a_jump_through_the_gateway_needs_the_mini_pcs_tailnet_ip(dev_raw):
     raw = copy.deepcopy(dev_raw)
     jump_to_tailnet_ip(raw)
     assert load_settings(raw, stack="dev").home.via_gateway
+
+
+def test_the_mini_pcs_host_key_is_required_and_the_error_says_how_to_get_it(dev_raw):
+    assert problems(dev_raw, delete_path("home.sshHostKey")) == [
+        "mailgate:home.sshHostKey: missing; mailgate never trusts the Mini PC's SSH host on first "
+        "sight. Get its key with `ssh-keyscan -p 22 -t ed25519 minipc.home.example.com 2>/dev/null "
+        "| cut -d' ' -f2-` (or `cat /etc/ssh/ssh_host_ed25519_key.pub` on the Mini PC), compare it "
+        "there, then `pulumi config set mailgate:home.sshHostKey '<that line>'`"]

@@ -11,6 +11,7 @@ writes each VM's enrolment there after creating that VM.
 
 from __future__ import annotations
 
+import base64
 import re
 
 from mailgate.renderers import render_template
@@ -21,6 +22,8 @@ GATEWAY_INPUT_CHAIN = "MAILGATE-IN"
 BOOTSTRAP_URL_PATH = "/etc/mailgate/bootstrap-url"
 JOIN_SCRIPT_PATH = "/usr/local/sbin/mailgate-join"
 AUTH_KEY_PATH = "/run/mailgate/tailscale-auth-key"
+# Where sshd finds its ed25519 host key (Ubuntu's default HostKey list includes it).
+HOST_KEY_PATH = "/etc/ssh/ssh_host_ed25519_key"
 # Oracle's instance metadata service (v2): the VM's own OCID, the enrolment's object name.
 IMDS_INSTANCE_ID = "http://169.254.169.254/opc/v2/instance/id"
 GATEWAY_PACKAGES = ("nginx", "libnginx-mod-stream", "iptables-persistent", "unattended-upgrades",
@@ -35,6 +38,7 @@ def render_join_script(settings: Settings) -> str:
     return render_template(
         "scripts/gateway-join.sh.j2",
         key_path=AUTH_KEY_PATH,
+        host_key_path=HOST_KEY_PATH,
         url_path=BOOTSTRAP_URL_PATH,
         imds_instance_id=IMDS_INSTANCE_ID,
         wait_tries=ENROLMENT_WAIT_TRIES,
@@ -58,10 +62,15 @@ def render_cloud_init(settings: Settings, bootstrap_url: str) -> str:
     )
 
 
-def render_enrolment(auth_key: str, machine_name: str) -> str:
-    """The object one gateway VM fetches at first boot: its key and its machine name."""
+def render_enrolment(auth_key: str, machine_name: str, host_key: str) -> str:
+    """The object one gateway VM fetches at first boot: its tailnet key, its machine name
+    and its SSH host key (OpenSSH private key; one base64 line here), which every
+    connection to the gateway pins."""
     if not auth_key or any(c.isspace() or c == "=" for c in auth_key):
         raise ValueError("the Tailscale auth key must be one non-empty word")
     if not MACHINE_NAME.match(machine_name):
         raise ValueError(f"{machine_name!r} is not a tailnet machine name")
-    return f"TS_AUTHKEY={auth_key}\nTS_HOSTNAME={machine_name}\n"
+    if "OPENSSH PRIVATE KEY" not in host_key:
+        raise ValueError("the gateway's host key must be an OpenSSH private key")
+    encoded = base64.b64encode(host_key.encode()).decode()
+    return f"TS_AUTHKEY={auth_key}\nTS_HOSTNAME={machine_name}\nSSH_HOST_KEY={encoded}\n"

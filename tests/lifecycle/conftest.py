@@ -37,6 +37,8 @@ class Lab:
         for stack, mailcow_dir in MAILCOW_DIRS.items():
             raw = copy.deepcopy(dev_raw)
             raw["home"]["mailcowDir"] = mailcow_dir
+            # The Mini PC's real host key, as `ssh-keyscan` would print it.
+            raw["home"]["sshHostKey"] = self.home.sshd.host_public_key()
             self.raw[stack] = raw
             self.secrets[stack] = {"relayPassword": RELAY_PASSWORD}
             self.engines[stack] = Engine(stack, self.providers)

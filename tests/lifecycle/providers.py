@@ -1,6 +1,8 @@
 """What each provider does when the engine asks it to create, update, delete or read a
 resource, acting on the world. Only the resource types mailgate uses.
 
+tls.PrivateKey makes a real key (ssh-keygen), as the tls provider does at create.
+
 remote.Command follows pulumi-command v1.2.1 provider/pkg/provider/remote/
 commandController.go: Create runs `create` (nothing when unset); Update runs `update`,
 else `create`, with the NEW inputs (connection, stdin); Delete runs the OLD `delete` with
@@ -12,7 +14,10 @@ There is no Read: a refresh keeps a Command as it is.
 from __future__ import annotations
 
 import itertools
+import subprocess
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tests.lifecycle.world import NAMESPACE, REGION_HOST, StepFailed, World
@@ -24,6 +29,7 @@ TAILNET_KEY = "tailscale:index/tailnetKey:TailnetKey"
 BUCKET = "oci:ObjectStorage/bucket:Bucket"
 PAR = "oci:ObjectStorage/preauthrequest:Preauthrequest"
 OBJECT = "oci:ObjectStorage/storageObject:StorageObject"
+HOST_KEY = "tls:index/privateKey:PrivateKey"
 
 
 @dataclass
@@ -48,8 +54,12 @@ class Providers:
     def _run(self, name: str, kind: str, inputs: dict, text: str | None) -> dict:
         if text is None:
             return {}
-        host, machine = self.world.reach(inputs.get("connection") or {})
-        result = machine.sshd.run(text, inputs.get("stdin") or "")
+        connection = inputs.get("connection") or {}
+        host, machine = self.world.reach(connection)
+        result = machine.sshd.run(text, inputs.get("stdin") or "", host_key=connection.get("hostKey"))
+        if result.returncode == 255 and "Host key verification failed" in result.stderr:
+            # What pulumi-command's FixedHostKey callback reports.
+            raise StepFailed(f"{name}: {kind}: ssh: handshake failed: ssh: host key mismatch at {host}")
         self.runs.append(CommandRun(name, kind, host, result.returncode == 0, result.stdout, result.stderr))
         if result.returncode != 0:
             raise StepFailed(f"{name}: {kind} exited {result.returncode} on {host}: {result.stderr.strip()}")
@@ -72,6 +82,9 @@ class Providers:
         if type_ == TAILNET_KEY:
             key = self.world.tailnet.mint(inputs)
             return f"key-{number}", {**inputs, "key": key.key}
+        if type_ == HOST_KEY:
+            private, public = new_ed25519_key()
+            return f"host-key-{number}", {**inputs, "privateKeyOpenssh": private, "publicKeyOpenssh": public}
         if type_ == BUCKET:
             self.world.store.buckets.setdefault(inputs["name"], {})
             return f"n/{NAMESPACE}/b/{inputs['name']}", dict(inputs)
@@ -151,6 +164,14 @@ class Providers:
         if bucket is None:
             raise StepFailed(f"404 BucketNotFound: {inputs['bucket']}")
         return bucket
+
+
+def new_ed25519_key() -> tuple[str, str]:
+    """(OpenSSH private key, 'ssh-ed25519 AAAA...\\n')."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "key"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+        return path.read_text(), " ".join(Path(f"{path}.pub").read_text().split()[:2]) + "\n"
 
 
 def _source(inputs: dict) -> Any:

@@ -197,6 +197,8 @@ class World:
             if body is None:
                 raise StepFailed("bootstrap object not readable: 404")
             values = dict(line.split("=", 1) for line in body.splitlines() if "=" in line)
+            if "SSH_HOST_KEY" in values:  # the join script puts it in place and restarts sshd
+                vm.machine.sshd.replace_host_key(base64.b64decode(values["SSH_HOST_KEY"]).decode())
             return values["TS_AUTHKEY"], values["TS_HOSTNAME"]
         # Earlier design: the key itself in write_files, the name on `tailscale up`.
         up = next(c for c in config["runcmd"] if isinstance(c, str) and c.startswith("tailscale up"))
@@ -213,7 +215,10 @@ class World:
         StepFailed, as pulumi-command reports a dial that never succeeds."""
         proxy = connection.get("proxy")
         if proxy:
-            self.reach(proxy)
+            label, jump = self.reach(proxy)
+            pinned = (proxy.get("hostKey") or "").strip()
+            if pinned and pinned != jump.sshd.host_public_key():
+                raise StepFailed(f"Error: proxy: ssh: handshake failed: ssh: host key mismatch at {label}")
         host = connection.get("host", "")
         if host == self.home_ssh_host:
             return "home", self.home
