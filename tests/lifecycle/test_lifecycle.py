@@ -7,6 +7,7 @@ import subprocess
 
 from mailgate.renderers.nginx import render_nginx_stream
 from tests.lifecycle.hosts import GATEWAY_NGINX, STOCK_NGINX_CONF
+from tests.lifecycle.providers import new_ed25519_key
 
 APPLY, GATEWAY = "home-config-apply", "gateway-config-apply"
 RELAY_MAP = "data/conf/postfix/mailgate_relay_passwd"
@@ -272,3 +273,25 @@ def test_a_mailcow_update_between_ups_survives_the_next_up_and_destroy(lab):
     assert conf.read_text() == "MAILCOW_HOSTNAME=mail.example.com\nENABLE_IPV6=true\n"
     for container in MAIL_CONTAINERS:
         assert lab.home.docker.serves(lab.mailcow(), container)
+
+
+def test_a_gateway_presenting_another_host_key_is_refused(lab):
+    """Every connection pins the host key the program made for that VM: a server on the
+    gateway's address with any other key (an impostor, a disk swapped by hand) gets nothing."""
+    assert_ok(up(lab), lab)
+    machine = lab.vm().machine
+    stream_before = machine.stream.read_text()
+    machine.sshd.replace_host_key(new_ed25519_key()[0])
+    lab.raw["dev"]["services"] = ["smtp", "submission", "imaps"]
+    failed = up(lab)
+    assert failed.error and "host key mismatch" in failed.error and lab.vm().ocid in failed.error
+    assert machine.stream.read_text() == stream_before
+
+
+def test_a_wrong_home_host_key_stops_the_home_step_before_it_sends_anything(lab):
+    home_before = lab.home.tree()
+    lab.raw["dev"]["home"]["sshHostKey"] = new_ed25519_key()[1].strip()
+    failed = up(lab)
+    assert failed.error and "home-config-apply" in failed.error and "host key mismatch at home" in failed.error
+    assert lab.home.tree() == home_before
+    assert (APPLY, "create") not in [(run.name, run.script) for run in lab.runs if run.ok]
