@@ -86,3 +86,12 @@ def test_an_admin_reaching_the_mini_pc_over_the_tailnet_keeps_its_ssh_port(dev_r
     assert admin in hujson(render_policy_snippet(over_tailnet))["acls"]
     jump = variant(dev_raw, home__sshHost="100.64.0.2", home__viaGateway=True)
     assert admin not in hujson(render_policy_snippet(jump))["acls"]
+
+
+def test_the_snippet_tells_the_user_to_delete_the_default_allow_all_rule(dev_settings):
+    """A new tailnet's policy lets every device reach every other one; the snippet's rules
+    restrict nothing until that rule is gone."""
+    comments = [line for line in render_policy_snippet(dev_settings).splitlines() if line.startswith("//")]
+    text = " ".join(comments)
+    assert '{"action": "accept", "src": ["*"], "dst": ["*:*"]}' in text and "Delete it" in text
+    assert '"dst": ["autogroup:self:*"]' in text and "mailgate:tailscale.homeTag" in text

@@ -47,5 +47,11 @@ def render_policy_snippet(settings: Settings) -> str:
         f"// {settings.tailscale.gateway_tag} may reach the Mailcow twin ports at home and nothing else\n"
         "// there; the home firewall enforces the same rule on its side. Admins' machines may\n"
         "// reach the gateway's SSH port: `pulumi up` configures the gateway over the tailnet.\n"
+        "// Tailscale's default rule {\"action\": \"accept\", \"src\": [\"*\"], \"dst\": [\"*:*\"]}\n"
+        "// lets every device reach every other one: while it is in your policy, these rules add\n"
+        "// nothing. Delete it, and allow your own devices what they use, e.g.\n"
+        "// {\"action\": \"accept\", \"src\": [\"autogroup:member\"], \"dst\": [\"autogroup:self:*\"]}\n"
+        "// with the Mini PC tagged (mailgate:tailscale.homeTag) so that rule leaves it out, plus\n"
+        "// a rule for the Mini PC ports you use yourself (SSH, Mailcow's web UI).\n"
     )
     return comment + json.dumps(policy(settings), indent=2) + "\n"
