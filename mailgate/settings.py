@@ -533,8 +533,8 @@ class TailscaleSettings(Strict):
     )
     manage_acl: bool = Field(
         False,
-        description="Let Pulumi own the WHOLE tailnet policy file (tailscale.Acl). Off: "
-        "mailgate only outputs a snippet to paste.",
+        description="Let Pulumi own the WHOLE tailnet policy file (tailscale.Acl); needs "
+        "homeTag, one stack per tailnet. Off: mailgate only outputs a snippet to paste.",
     )
     auth_key_expiry_seconds: int = Field(
         3600,
@@ -555,6 +555,19 @@ class TailscaleSettings(Strict):
     def _not_gateway_tag(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None and value == info.data.get("gateway_tag"):
             raise ValueError(f"{value} is also the gateway's tag; expected a tag of its own")
+        return value
+
+    @field_validator("manage_acl")
+    @classmethod
+    def _managed_policy_needs_a_tagged_home(cls, value: bool, info: ValidationInfo) -> bool:
+        # The managed policy keeps each user's own devices reaching each other
+        # (autogroup:self); an untagged Mini PC would be among them, twin ports included.
+        if value and not info.data.get("home_tag"):
+            raise ValueError(
+                "true needs mailgate:tailscale.homeTag: the managed policy lets each user's own "
+                "devices reach each other, and must leave the Mini PC out of that; tag it (e.g. "
+                "`sudo tailscale up --advertise-tags=tag:mailhome` on the Mini PC) and set "
+                "`pulumi config set --path 'mailgate:tailscale.homeTag' tag:mailhome`")
         return value
 
     @field_validator("gateway_hostname")

@@ -65,10 +65,16 @@ def test_policy_is_only_a_snippet_unless_managed(dev_raw, dev_settings):
 def test_managed_acl_owns_the_policy_and_exists_before_the_tagged_key(dev_raw):
     raw = copy.deepcopy(dev_raw)
     raw["tailscale"]["manageAcl"] = True
+    raw["tailscale"]["homeTag"] = "tag:mailhome"
     run = run_program(raw)
     acl = run.inputs(ACL)
     assert acl["overwriteExistingContent"] is True
-    assert json.loads(acl["acl"]) == policy(load_settings(raw, stack="dev"))
+    managed = json.loads(acl["acl"])
+    assert managed == policy(load_settings(raw, stack="dev"))
+    # The whole file: each user's own devices keep reaching each other; the Mini PC is
+    # tagged, so not among them; Tailscale runs the tests on every save.
+    assert {"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self:*"]} in managed["acls"]
+    assert managed["tests"][0]["src"] == "tag:mailgw"
     assert any(urn.endswith(f"::{run.one(ACL).name}") for urn in run.options(KEY)["dependencies"])
 
 

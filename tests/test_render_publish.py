@@ -95,3 +95,15 @@ def test_the_snippet_tells_the_user_to_delete_the_default_allow_all_rule(dev_set
     text = " ".join(comments)
     assert '{"action": "accept", "src": ["*"], "dst": ["*:*"]}' in text and "Delete it" in text
     assert '"dst": ["autogroup:self:*"]' in text and "mailgate:tailscale.homeTag" in text
+
+
+def test_policy_tests_check_the_gateway_reaches_the_twins_and_nothing_else_at_home(dev_raw, dev_settings):
+    [test] = hujson(render_policy_snippet(dev_settings))["tests"]
+    assert test["src"] == "tag:mailgw"
+    assert test["accept"] == [f"mailgate-home:{s.home_port}" for s in dev_settings.enabled_services]
+    assert {"mailgate-home:22", "mailgate-home:25", "mailgate-home:587", "mailgate-home:443"} <= set(test["deny"])
+    assert not set(test["accept"]) & set(test["deny"])
+    # With the jump, the gateway reaches the Mini PC's SSH port: no longer denied.
+    jump = variant(dev_raw, home__viaGateway=True, home__sshHost="100.64.0.2", home__sshPort=2222)
+    [test] = hujson(render_policy_snippet(jump))["tests"]
+    assert "mailgate-home:2222" not in test["deny"] and "mailgate-home:22" in test["deny"]

@@ -233,3 +233,9 @@ def test_the_mini_pcs_host_key_is_required_and_the_error_says_how_to_get_it(dev_
         "sight. Get its key with `ssh-keyscan -p 22 -t ed25519 minipc.home.example.com 2>/dev/null "
         "| cut -d' ' -f2-` (or `cat /etc/ssh/ssh_host_ed25519_key.pub` on the Mini PC), compare it "
         "there, then `pulumi config set mailgate:home.sshHostKey '<that line>'`"]
+
+
+def test_a_managed_policy_needs_a_tagged_mini_pc(dev_raw):
+    message = problems(dev_raw, set_path("tailscale.manageAcl", True))
+    assert len(message) == 1 and message[0].startswith(
+        "mailgate:tailscale.manageAcl: true needs mailgate:tailscale.homeTag: the managed policy lets")

@@ -36,9 +36,27 @@ def policy(settings: Settings) -> dict[str, object]:
         # policy without this would cut it off.
         document["acls"].append(  # type: ignore[union-attr]
             {"action": "accept", "src": ["autogroup:admin"], "dst": [f"{home}:{settings.home.ssh_port}"]})
+    if tags.manage_acl:
+        # The managed policy is the whole file: without this, every user's own devices would
+        # lose each other. The Mini PC is tagged (settings require it), so it is not among them.
+        document["acls"].append(  # type: ignore[union-attr]
+            {"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self:*"]})
     if not tags.home_tag:
         document["hosts"] = {HOME_HOST_ALIAS: f"{settings.home.tailnet_ip}/32"}
+    document["tests"] = policy_tests(settings, home)
     return document
+
+
+def policy_tests(settings: Settings, home: str) -> list[dict[str, object]]:
+    """Tailscale's policy tests (checked on every save of the policy file): the gateway
+    reaches the twin ports at home and none of Mailcow's own ports, nor SSH unless the
+    jump needs it."""
+    twins = [f"{home}:{s.home_port}" for s in settings.enabled_services]
+    plain = sorted({s.public_port for s in catalogue.SERVICES} | {catalogue.SSH_PORT, settings.home.ssh_port})
+    if settings.home.via_gateway:
+        plain = [port for port in plain if port != settings.home.ssh_port]
+    denied = [f"{home}:{port}" for port in plain if f"{home}:{port}" not in twins]
+    return [{"src": settings.tailscale.gateway_tag, "accept": twins, "deny": denied}]
 
 
 def render_policy_snippet(settings: Settings) -> str:
