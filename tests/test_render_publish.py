@@ -107,3 +107,10 @@ def test_policy_tests_check_the_gateway_reaches_the_twins_and_nothing_else_at_ho
     jump = variant(dev_raw, home__viaGateway=True, home__sshHost="100.64.0.2", home__sshPort=2222)
     [test] = hujson(render_policy_snippet(jump))["tests"]
     assert "mailgate-home:2222" not in test["deny"] and "mailgate-home:22" in test["deny"]
+
+
+def test_a_managed_policy_never_cuts_the_runner_off_the_mini_pc(dev_raw):
+    """A name in home.sshHost may be a MagicDNS one; the managed policy is the whole file."""
+    managed = variant(dev_raw, tailscale={"manageAcl": True, "homeTag": "tag:mailhome"})
+    acls = hujson(render_policy_snippet(managed))["acls"]
+    assert {"action": "accept", "src": ["autogroup:admin"], "dst": ["tag:mailhome:22"]} in acls

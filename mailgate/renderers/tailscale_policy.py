@@ -31,9 +31,10 @@ def policy(settings: Settings) -> dict[str, object]:
         # home.viaGateway: the last leg of `pulumi up`'s SSH to the Mini PC starts at the gateway.
         document["acls"].append(  # type: ignore[union-attr]
             {"action": "accept", "src": [tags.gateway_tag], "dst": [f"{home}:{settings.home.ssh_port}"]})
-    elif in_tailnet(settings.home.ssh_host):
-        # `pulumi up` reaches the Mini PC over the tailnet, from an admin's machine: a managed
-        # policy without this would cut it off.
+    elif in_tailnet(settings.home.ssh_host) or tags.manage_acl:
+        # `pulumi up` may reach the Mini PC over the tailnet, from an admin's machine (an
+        # address in it, or a name mailgate cannot place): a managed policy without this
+        # would cut it off.
         document["acls"].append(  # type: ignore[union-attr]
             {"action": "accept", "src": ["autogroup:admin"], "dst": [f"{home}:{settings.home.ssh_port}"]})
     if tags.manage_acl:
