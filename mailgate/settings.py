@@ -41,6 +41,7 @@ TAILNET_RANGES = (
 RELAY_PORTS = (25, 465, 587, 2525)
 DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 TAG = re.compile(r"^tag:[a-z0-9][a-z0-9-]*$", re.IGNORECASE)
+TAILNET_LOGIN = re.compile(r"^[^@\s]+@[^@\s]+$")
 OCID = re.compile(r"^ocid1\.(?P<kind>[a-z]+)\.oc[0-9]+\.[a-z0-9-]*\.[a-z0-9]+$")
 AVAILABILITY_DOMAIN = re.compile(r"^[A-Za-z0-9]+:[A-Z0-9-]+-AD-[0-9]$")
 UNIX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
@@ -536,6 +537,11 @@ class TailscaleSettings(Strict):
         description="Let Pulumi own the WHOLE tailnet policy file (tailscale.Acl); needs "
         "homeTag, one stack per tailnet. Off: mailgate only outputs a snippet to paste.",
     )
+    policy_test_user: str | None = Field(
+        None,
+        description="A tailnet user's login (e.g. you@example.com): the policy's tests then "
+        "also check that this user's devices cannot open the twin ports.",
+    )
     auth_key_expiry_seconds: int = Field(
         3600,
         ge=300,
@@ -555,6 +561,14 @@ class TailscaleSettings(Strict):
     def _not_gateway_tag(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None and value == info.data.get("gateway_tag"):
             raise ValueError(f"{value} is also the gateway's tag; expected a tag of its own")
+        return value
+
+    @field_validator("policy_test_user")
+    @classmethod
+    def _login(cls, value: str | None) -> str | None:
+        if value is not None and not TAILNET_LOGIN.match(value):
+            raise ValueError(f"{value!r} is not a tailnet login; expected the user's login as the "
+                             "admin console shows it, e.g. you@example.com or you@github")
         return value
 
     @field_validator("manage_acl")

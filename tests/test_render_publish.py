@@ -114,3 +114,10 @@ def test_a_managed_policy_never_cuts_the_runner_off_the_mini_pc(dev_raw):
     managed = variant(dev_raw, tailscale={"manageAcl": True, "homeTag": "tag:mailhome"})
     acls = hujson(render_policy_snippet(managed))["acls"]
     assert {"action": "accept", "src": ["autogroup:admin"], "dst": ["tag:mailhome:22"]} in acls
+
+
+def test_a_users_devices_are_tested_against_the_twin_ports_when_named(dev_raw, dev_settings):
+    assert len(hujson(render_policy_snippet(dev_settings))["tests"]) == 1
+    named = variant(dev_raw, tailscale={"policyTestUser": "you@example.com"})
+    tests = hujson(render_policy_snippet(named))["tests"]
+    assert tests[1] == {"src": "you@example.com", "deny": tests[0]["accept"]}

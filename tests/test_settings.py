@@ -239,3 +239,8 @@ def test_a_managed_policy_needs_a_tagged_mini_pc(dev_raw):
     message = problems(dev_raw, set_path("tailscale.manageAcl", True))
     assert len(message) == 1 and message[0].startswith(
         "mailgate:tailscale.manageAcl: true needs mailgate:tailscale.homeTag: the managed policy lets")
+
+
+def test_a_policy_test_user_must_be_a_login(dev_raw):
+    [message] = problems(dev_raw, set_path("tailscale", {"policyTestUser": "not a login"}))
+    assert message.startswith("mailgate:tailscale.policyTestUser: 'not a login' is not a tailnet login")

@@ -51,13 +51,18 @@ def policy(settings: Settings) -> dict[str, object]:
 def policy_tests(settings: Settings, home: str) -> list[dict[str, object]]:
     """Tailscale's policy tests (checked on every save of the policy file): the gateway
     reaches the twin ports at home and none of Mailcow's own ports, nor SSH unless the
-    jump needs it."""
+    jump needs it; with tailscale.policyTestUser, that user's devices reach no twin port."""
     twins = [f"{home}:{s.home_port}" for s in settings.enabled_services]
     plain = sorted({s.public_port for s in catalogue.SERVICES} | {catalogue.SSH_PORT, settings.home.ssh_port})
     if settings.home.via_gateway:
         plain = [port for port in plain if port != settings.home.ssh_port]
     denied = [f"{home}:{port}" for port in plain if f"{home}:{port}" not in twins]
-    return [{"src": settings.tailscale.gateway_tag, "accept": twins, "deny": denied}]
+    tests: list[dict[str, object]] = [{"src": settings.tailscale.gateway_tag, "accept": twins, "deny": denied}]
+    if settings.tailscale.policy_test_user:
+        # An untagged device (this user's) must not open the twin ports: nothing but the
+        # gateway may send PROXY headers.
+        tests.append({"src": settings.tailscale.policy_test_user, "deny": twins})
+    return tests
 
 
 def render_policy_snippet(settings: Settings) -> str:
