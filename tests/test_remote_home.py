@@ -13,6 +13,7 @@ import hashlib
 import os
 import socket
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -147,17 +148,24 @@ class Home:
                              "-A PREROUTING " + " ".join(DOCKER_RAW_RULE)]
 
 
+@contextmanager
+def running_home(tmp_path: Path, settings, netns_name: str, user: str, kind: type = Home):
+    """A Home (or a subclass) in its own network namespace, its sshd stopped at the end."""
+    with Netns(netns_name) as netns:
+        instance = kind(tmp_path, settings, netns, user)
+        try:
+            yield instance
+        finally:
+            instance.sshd.stop()
+
+
 @pytest.fixture(params=["root", SUDO_LOGIN])
 def home(request, tmp_path, dev_settings, login):
     """The Mini PC, reached as root and as a user with passwordless sudo (every test runs
     with both logins)."""
     user = request.param if request.param == "root" else login(request.param)
-    with Netns("mg5") as netns:
-        instance = Home(tmp_path, dev_settings, netns, user)
-        try:
-            yield instance
-        finally:
-            instance.sshd.stop()
+    with running_home(tmp_path, dev_settings, "mg5", user) as instance:
+        yield instance
 
 
 def mailcow_file(home: Home, relative: str) -> Path:
@@ -516,23 +524,19 @@ def test_the_docker_stand_in_applies_a_mounted_file_only_on_a_restart(tmp_path):
 
 
 def test_a_login_without_root_or_sudo_stops_at_once_and_changes_nothing(tmp_path, dev_settings, login):
-    with Netns("mg5p") as netns:
-        home = Home(tmp_path, dev_settings, netns, login(PLAIN_LOGIN))
-        try:
-            before, calls = home.tree(without_state=False), home.docker.calls()
-            files = home_files(dev_settings, Deployment(gateway_tailnet_ip=GATEWAY_TAILNET_IP),
-                               Secrets(relay_password=PASSWORD))
-            result = home.run(render_home_apply(dev_settings, files, home.commands), home_bundle(dev_settings, files))
-            assert result.returncode == 1
-            assert result.stderr.strip().splitlines() == [
-                f"mailgate: {PLAIN_LOGIN}@{socket.gethostname()} is neither root nor allowed "
-                "passwordless sudo; nothing was changed. Log in as root, or allow it: echo "
-                f"'{PLAIN_LOGIN} ALL=(root) NOPASSWD: ALL' | sudo tee /etc/sudoers.d/mailgate"]
-            result = home.run(render_home_restore(dev_settings, home.commands))
-            assert result.returncode == 1 and "nothing was changed" in result.stderr
-            assert home.tree(without_state=False) == before and home.docker.calls() == calls
-        finally:
-            home.sshd.stop()
+    with running_home(tmp_path, dev_settings, "mg5p", login(PLAIN_LOGIN)) as home:
+        before, calls = home.tree(without_state=False), home.docker.calls()
+        files = home_files(dev_settings, Deployment(gateway_tailnet_ip=GATEWAY_TAILNET_IP),
+                           Secrets(relay_password=PASSWORD))
+        result = home.run(render_home_apply(dev_settings, files, home.commands), home_bundle(dev_settings, files))
+        assert result.returncode == 1
+        assert result.stderr.strip().splitlines() == [
+            f"mailgate: {PLAIN_LOGIN}@{socket.gethostname()} is neither root nor allowed "
+            "passwordless sudo; nothing was changed. Log in as root, or allow it: echo "
+            f"'{PLAIN_LOGIN} ALL=(root) NOPASSWD: ALL' | sudo tee /etc/sudoers.d/mailgate"]
+        result = home.run(render_home_restore(dev_settings, home.commands))
+        assert result.returncode == 1 and "nothing was changed" in result.stderr
+        assert home.tree(without_state=False) == before and home.docker.calls() == calls
 
 
 # Item 6 of issue 10: mistakes Postfix itself accepts with exit 0 (`postconf -n`), caught

@@ -31,7 +31,7 @@ from tests.conftest import DEV_STACK, need_program
 from tests.fake_docker import FakeDocker
 from tests.settings_variants import variant
 from tests.sshd import SUDO_LOGIN, start_sshd
-from tests.test_remote_home import BOTH_SERVING, GATEWAY_TAILNET_IP, PASSWORD, Home, mailcow_file
+from tests.test_remote_home import BOTH_SERVING, GATEWAY_TAILNET_IP, PASSWORD, Home, mailcow_file, running_home
 from tests.validators import Netns
 
 DEV = load_stack(DEV_STACK)
@@ -118,14 +118,8 @@ class StoppableHome(Home):
                       or p.name in ("pending", "pending.new", "containers-pending.new"))
 
 
-@contextmanager
 def stoppable_home(tmp_path: Path, settings, user: str):
-    with Netns("mg6") as netns:
-        home = StoppableHome(tmp_path, settings, netns, user)
-        try:
-            yield home
-        finally:
-            home.sshd.stop()
+    return running_home(tmp_path, settings, "mg6", user, kind=StoppableHome)
 
 
 @pytest.fixture(params=["root", SUDO_LOGIN])
