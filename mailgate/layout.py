@@ -14,7 +14,7 @@ from mailgate.deployment import Deployment
 from mailgate.renderers.cloud_init import render_cloud_init
 from mailgate.renderers.compose import render_compose_override
 from mailgate.renderers.dns import dns_records, render_dns_records
-from mailgate.renderers.firewall import render_gateway_firewall, render_home_firewall
+from mailgate.renderers.firewall import render_gateway_firewall, render_home_firewall, render_home_firewall_v6
 from mailgate.renderers.mailcow import (
     RELAY_PASSWORD_MAP,
     render_docker_after_tailscale,
@@ -103,8 +103,10 @@ def home_files(settings: Settings, deployment: Deployment, secrets: Secrets = Se
         RenderedFile(HOME, home_path(settings, POSTFIX_RELAY_MAP),
                      render_relay_password_map(settings, secrets.relay_password), 0o640, secret=True),
         RenderedFile(HOME, names.home_firewall_path, render_home_firewall(settings, deployment), 0o640),
+        RenderedFile(HOME, names.home_firewall_v6_path, render_home_firewall_v6(settings), 0o640),
         RenderedFile(HOME, names.docker_drop_in,
-                     render_docker_after_tailscale(names.home_firewall_path, names.home_twin_chain)),
+                     render_docker_after_tailscale(names.home_firewall_path, names.home_firewall_v6_path,
+                                                   names.home_twin_chain)),
         RenderedFile(HOME, names.home_nonlocal_bind_sysctl, render_nonlocal_bind_sysctl(names.stack)),
     ]
 

@@ -71,6 +71,10 @@ class StackNames:
         return f"/etc/mailgate/{self.stack}/home-firewall.rules"
 
     @property
+    def home_firewall_v6_path(self) -> str:
+        return f"/etc/mailgate/{self.stack}/home-firewall.rules.v6"
+
+    @property
     def docker_drop_in(self) -> str:
         return f"/etc/systemd/system/docker.service.d/mailgate-{self.stack}-after-tailscaled.conf"
 

@@ -35,6 +35,7 @@ def test_render_writes_the_tree_and_prints_the_summary(tmp_path):
         "home/opt/mailcow-dockerized/data/conf/postfix/extra.cf",
         "home/opt/mailcow-dockerized/data/conf/postfix/mailgate_relay_passwd",
         "home/etc/mailgate/dev/home-firewall.rules",
+        "home/etc/mailgate/dev/home-firewall.rules.v6",
         "home/etc/systemd/system/docker.service.d/mailgate-dev-after-tailscaled.conf",
         "home/etc/sysctl.d/60-mailgate-dev-nonlocal-bind.conf",
         "publish/dns-records.txt",

@@ -11,7 +11,7 @@ from mailgate.names import CHAIN_MAX, GATEWAY_NAME_MAX, StackNames, gateway_mach
 from mailgate.settings import DNS_LABEL
 
 SHARED = ("gateway_machine_prefix", "bootstrap_bucket", "home_state_dir", "home_firewall_path",
-          "docker_drop_in", "home_nonlocal_bind_sysctl", "home_twin_chain")
+          "home_firewall_v6_path", "docker_drop_in", "home_nonlocal_bind_sysctl", "home_twin_chain")
 
 
 @pytest.mark.parametrize("one, other", [("dev", "prod"), ("dev_1", "dev-1"), ("Dev", "dev"),

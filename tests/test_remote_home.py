@@ -24,6 +24,7 @@ from mailgate.managed_block import markers
 from mailgate.renderers.remote_scripts import (
     DOVECOT,
     POSTFIX,
+    IPV6_FILTER_SKIPPED,
     HostCommands,
     home_bundle,
     render_home_apply,
@@ -80,10 +81,13 @@ class Home:
         # Docker 28 drops, in raw PREROUTING, packets for a container address that do not
         # come from its bridge: the home filter goes before it, and destroy leaves it.
         netns.run(["iptables", "-t", "raw", "-A", "PREROUTING", *DOCKER_RAW_RULE]).check_returncode()
+        # The IPv6 raw table as a host has it (ip6tables-nft makes it on first use only, and
+        # destroy leaves it, as it leaves the IPv4 one).
+        netns.run(["ip6tables", "-t", "raw", "-P", "PREROUTING", "ACCEPT"]).check_returncode()
         in_ns = f"ip netns exec {netns.name} "
         self.commands = HostCommands(root=str(self.root), docker=str(self.docker.path),
-                                     iptables=in_ns + "iptables", systemctl=str(systemctl),
-                                     sysctl=in_ns + "sysctl")
+                                     iptables=in_ns + "iptables", ip6tables=in_ns + "ip6tables",
+                                     systemctl=str(systemctl), sysctl=in_ns + "sysctl")
         self.netns = netns
         self.sshd = start_sshd(tmp / "ssh", user=user)
         self.outputs: list[str] = []
@@ -142,10 +146,17 @@ class Home:
         return {name: self.docker.serves(self.mailcow, name) for name in (POSTFIX, DOVECOT)}
 
     def chain_hooked(self) -> bool:
-        """The twin chain is the first rule of raw PREROUTING, ahead of Docker's."""
+        """The twin chain is the first rule of raw PREROUTING, ahead of Docker's, for IPv4
+        and for IPv6 (where Docker has none here)."""
+        hook = f"-A PREROUTING -j {self.settings.names.home_twin_chain}"
         saved = self.netns.run(["iptables", "-t", "raw", "-S", "PREROUTING"]).stdout.splitlines()
-        return saved[1:] == [f"-A PREROUTING -j {self.settings.names.home_twin_chain}",
-                             "-A PREROUTING " + " ".join(DOCKER_RAW_RULE)]
+        saved6 = self.netns.run(["ip6tables", "-t", "raw", "-S", "PREROUTING"]).stdout.splitlines()
+        return saved[1:] == [hook, "-A PREROUTING " + " ".join(DOCKER_RAW_RULE)] and saved6[1:] == [hook]
+
+    def filters(self) -> str:
+        """Every IPv4 and IPv6 table, chain and rule in the namespace (no counters)."""
+        saved = "".join(self.netns.run([save]).stdout for save in ("iptables-save", "ip6tables-save"))
+        return "\n".join(line.split(" [")[0] for line in saved.splitlines() if not line.startswith("#"))
 
 
 @contextmanager
@@ -267,10 +278,48 @@ def test_a_failure_after_the_firewall_loaded_puts_the_previous_chain_back(home):
 
 
 def test_a_failed_first_apply_leaves_no_chain_behind(home):
+    """The containers fail after both filters loaded: neither IPv4's nor IPv6's stays."""
     result = home.apply(fail_on="up -d")
     assert result.returncode == 1
-    saved = home.netns.run(["iptables-save"]).stdout
-    assert home.settings.names.home_twin_chain not in saved
+    assert home.settings.names.home_twin_chain not in home.filters()
+
+
+def test_a_failure_after_the_ipv6_filter_loaded_puts_both_back(home):
+    """An update from a mailgate without the IPv6 filter (its rules file and chain absent)
+    fails after loading both: IPv4 gets its previous chain back, IPv6 has none again."""
+    chain = home.settings.names.home_twin_chain
+    v6_rules = home.settings.names.home_firewall_v6_path
+    assert home.apply().returncode == 0
+    for argv in (["-D", "PREROUTING", "-j", chain], ["-F", chain], ["-X", chain]):
+        home.netns.run(["ip6tables", "-t", "raw", *argv]).check_returncode()
+    for path in (v6_rules, f"{home.settings.names.home_state_dir}/applied{v6_rules}"):
+        (home.root / path.lstrip("/")).unlink()
+    before = home.filters()
+    result = home.apply(gateway_tailnet_ip="100.64.0.9", fail_on=f"restart {DOVECOT}")
+    assert result.returncode == 1
+    assert home.filters() == before and chain not in home.netns.run(["ip6tables-save"]).stdout
+    assert not (home.root / v6_rules.lstrip("/")).exists()
+
+
+def test_a_host_without_ipv6_gets_the_ipv4_filter_and_a_line_saying_so(home, tmp_path):
+    """ip6tables of a host booted with ipv6.disable=1 has no raw table: apply loads the
+    IPv4 filter and says it skipped IPv6; destroy goes through too."""
+    no_ipv6 = tmp_path / "no-ipv6"
+    no_ipv6.mkdir()
+    for name in ("ip6tables", "ip6tables-restore"):
+        (no_ipv6 / name).write_text("#!/bin/sh\necho \"$0: can't initialize ip6tables table 'raw': "
+                                    "Address family not supported by protocol\" >&2\nexit 3\n")
+        (no_ipv6 / name).chmod(0o755)
+    home.commands = dataclasses.replace(home.commands, ip6tables=str(no_ipv6 / "ip6tables"))
+    result = home.apply()
+    assert result.returncode == 0, result.stderr
+    assert IPV6_FILTER_SKIPPED in result.stderr
+    hook = f"-A PREROUTING -j {home.settings.names.home_twin_chain}"
+    assert home.netns.run(["iptables", "-t", "raw", "-S", "PREROUTING"]).stdout.splitlines()[1] == hook
+    assert home.apply().returncode == 0  # nothing left pending
+    result = home.destroy()
+    assert result.returncode == 0, result.stderr
+    assert home.settings.names.home_twin_chain not in home.filters()
 
 
 def test_the_filter_of_an_older_mailgate_behind_docker_user_goes_on_apply_and_on_destroy(home):
@@ -289,7 +338,7 @@ def test_the_filter_of_an_older_mailgate_behind_docker_user_goes_on_apply_and_on
     assert home.chain_hooked()
     older_filter()
     assert home.destroy().returncode == 0
-    assert chain not in home.netns.run(["iptables-save"]).stdout
+    assert chain not in home.filters()
 
 
 def test_removed_service_recreates_the_containers(home, dev_raw):
@@ -466,7 +515,7 @@ def test_destroy_restores_the_original_tree_exactly(home):
     result = home.destroy()
     assert result.returncode == 0, result.stderr
     assert home.tree(without_state=False) == original
-    assert not home.chain_hooked()
+    assert home.settings.names.home_twin_chain not in home.filters()  # IPv4 and IPv6
     # Mailcow serves its original files again, extra.cf included.
     assert home.serving() == BOTH_SERVING
 

@@ -40,7 +40,8 @@ MAILCOW = DEV.home.mailcow_dir
 HOME_PATHS = [f.path for f in home_files(DEV, Deployment(gateway_tailnet_ip=GATEWAY_TAILNET_IP),
                                          Secrets(relay_password=PASSWORD))]
 ROTATED = "xsmtpsib-r0tated-relay-key"
-STOPPABLE = ("docker", "systemctl", "iptables", "iptables-restore", "sysctl", "mv", "rm", "cp")
+STOPPABLE = ("docker", "systemctl", "iptables", "iptables-restore", "ip6tables", "ip6tables-restore", "sysctl",
+             "mv", "rm", "cp")
 PAGE = 4096
 
 
@@ -69,7 +70,8 @@ class StoppableHome(Home):
         # Each calls the real program by its full path: the stand-ins come first on PATH.
         in_ns = f"ip netns exec {netns.name} "
         real = {"docker": str(self.docker.path), "systemctl": str(self.systemctl),
-                **{name: in_ns + need_program(name) for name in ("iptables", "iptables-restore", "sysctl")},
+                **{name: in_ns + need_program(name)
+                   for name in ("iptables", "iptables-restore", "ip6tables", "ip6tables-restore", "sysctl")},
                 **{name: need_program(name) for name in ("mv", "rm", "cp")}}
         for name in STOPPABLE:
             # cp is stopped while it writes: its copy is cut to half first.
@@ -85,7 +87,8 @@ class StoppableHome(Home):
             wrapper.chmod(0o755)
         self.commands = dataclasses.replace(self.commands, docker=str(self.bin / "docker"),
                                             systemctl=str(self.bin / "systemctl"),
-                                            iptables=str(self.bin / "iptables"), sysctl=str(self.bin / "sysctl"))
+                                            iptables=str(self.bin / "iptables"), ip6tables=str(self.bin / "ip6tables"),
+                                            sysctl=str(self.bin / "sysctl"))
         # mv, rm and cp through PATH, and the scripts' temporary files in a directory of the
         # test: sudo puts its own PATH and no TMPDIR in place of these, so a stop at those
         # programs, and a look at what a run leaves in TMPDIR, work for the root login only.
@@ -103,9 +106,10 @@ class StoppableHome(Home):
         self.stop_file.write_text(f"{program}\n{text.replace('{root}', str(self.root))}")
 
     def kernel(self) -> tuple:
-        """The firewall rules and chains, and the non-local bind keys, in the namespace."""
-        saved = self.netns.run(["iptables-save"]).stdout.splitlines()
-        rules = sorted(line.split(" [")[0] for line in saved if line.startswith((":", "-A ")))
+        """The IPv4 and IPv6 firewall rules and chains, and the non-local bind keys, in the
+        namespace."""
+        rules = sorted(f"{save}: {line.split(' [')[0]}" for save in ("iptables-save", "ip6tables-save")
+                       for line in self.netns.run([save]).stdout.splitlines() if line.startswith((":", "-A ")))
         return rules, self.netns.run(["sysctl", "-e", *NONLOCAL_BIND_KEYS]).stdout
 
     def snapshot(self) -> Snapshot:
@@ -193,6 +197,8 @@ APPLY_STOPS = [
                          ("created", "/extra.conf"))],
     pytest.param(FIRST, "iptables-restore", " --noflush ", id="firewall loaded"),
     pytest.param(FIRST, "iptables", " -t raw -I PREROUTING ", id="chain hooked"),
+    pytest.param(FIRST, "ip6tables-restore", " --noflush ", id="IPv6 firewall loaded"),
+    pytest.param(FIRST, "ip6tables", " -t raw -I PREROUTING ", id="IPv6 chain hooked"),
     pytest.param(FIRST, "mv", f" {{root}}{STATE}/backup/sysctl.conf ", id="recorded backup/sysctl.conf"),
     pytest.param(FIRST, "sysctl", " -p ", id="sysctl keys set"),
     pytest.param(FIRST, "systemctl", " daemon-reload ", id="daemon-reload"),
@@ -204,6 +210,7 @@ APPLY_STOPS = [
                  id="update recorded blocks/mailcow.conf"),
     pytest.param(SERVICES, "docker", f" up -d {DOVECOT} ", id="update containers recreated"),
     pytest.param(RELAY, "iptables-restore", " --noflush ", id="update firewall reloaded"),
+    pytest.param(RELAY, "ip6tables-restore", " --noflush ", id="update IPv6 firewall reloaded"),
     pytest.param(RELAY, "docker", " restart ", id="update containers restarted"),
 ]
 
@@ -250,6 +257,7 @@ DESTROY_STOPS = [
     pytest.param("rm", f" {{root}}{home_path('/mailgate_relay_passwd')} ", id="relay map deleted"),
     pytest.param("sysctl", " -p - ", id="sysctl keys put back"),
     pytest.param("iptables", " -t raw -D PREROUTING ", id="chain unhooked"),
+    pytest.param("ip6tables", " -t raw -D PREROUTING ", id="IPv6 chain unhooked"),
     pytest.param("systemctl", " daemon-reload ", id="daemon-reload"),
     pytest.param("docker", " up -d --force-recreate ", id="containers force-recreated"),
 ]

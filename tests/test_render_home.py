@@ -15,8 +15,9 @@ import yaml
 from mailgate import catalogue
 from mailgate.deployment import Deployment
 from mailgate.renderers.compose import render_compose_override
-from mailgate.renderers.firewall import render_home_firewall
+from mailgate.renderers.firewall import render_home_firewall, render_home_firewall_v6
 from mailgate.renderers.mailcow import render_docker_after_tailscale, render_mailcow_conf
+from mailgate.settings import TAILNET_RANGES
 from tests.settings_variants import variant
 from tests.conftest import need_program
 from tests.splice import Splicer
@@ -168,51 +169,82 @@ print(json.dumps({f"{source}:{port}": answer for (source, port), answer in zip(p
 """
 LISTEN = r"""
 import socket, sys, time
-listeners = [socket.create_server((sys.argv[1], int(port))) for port in sys.argv[2:]]
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+listeners = [socket.create_server((sys.argv[1], int(port)), family=family) for port in sys.argv[2:]]
 print("ready", flush=True)
 time.sleep(60)
 """
 
 
-def test_only_the_gateway_reaches_the_twin_ports_whatever_the_filter_table_accepts(dev_settings):
+def probe_over_tailscale0(rules: str, chain: str, ip_version: int, home: str, peers: list[str],
+                          ports: list[int]) -> dict[str, str]:
     """Home in one namespace, the tailnet in another, over a veth named tailscale0. Home
     accepts everything from tailscale0 first in INPUT and FORWARD (as tailscaled's ts-input
-    and ts-forward do): the raw chain drops the spoofer's SYN before either is consulted."""
-    gateway, spoofer, home = "100.64.0.1", "100.64.0.3", dev_settings.home.tailnet_ip
-    rules = render_home_firewall(dev_settings, Deployment(gateway_tailnet_ip=gateway))
-    chain = dev_settings.names.home_twin_chain
-    twin_ports = [s.home_port for s in catalogue.PROXY_SERVICES]
+    and ts-forward do), has `rules` loaded and `chain` hooked first into raw PREROUTING,
+    and listens on `ports` at `home`: what each peer address gets from each port."""
+    tool, prefix = ("iptables", 32) if ip_version == 4 else ("ip6tables", 128)
     with Netns() as home_ns, Netns() as tailnet:
         subprocess.run(["ip", "link", "add", "tailscale0", "netns", home_ns.name, "type", "veth",
                         "peer", "peer0", "netns", tailnet.name], check=True)
-        for ns, interface, addresses, far in ((home_ns, "tailscale0", [home], [gateway, spoofer]),
-                                              (tailnet, "peer0", [gateway, spoofer], [home])):
+        for ns, interface, addresses, far in ((home_ns, "tailscale0", [home], peers),
+                                              (tailnet, "peer0", peers, [home])):
             for address in addresses:
-                ns.run(["ip", "addr", "add", f"{address}/32", "dev", interface]).check_returncode()
+                # nodad: usable at once, not after duplicate address detection.
+                nodad = ["nodad"] if ip_version == 6 else []
+                ns.run(["ip", "addr", "add", f"{address}/{prefix}", "dev", interface, *nodad]).check_returncode()
             for up in ("lo", interface):
                 ns.run(["ip", "link", "set", up, "up"]).check_returncode()
             for address in far:
-                ns.run(["ip", "route", "add", f"{address}/32", "dev", interface]).check_returncode()
+                ns.run(["ip", "route", "add", f"{address}/{prefix}", "dev", interface]).check_returncode()
         for builtin in ("INPUT", "FORWARD"):
-            home_ns.run(["iptables", "-I", builtin, "1", "-i", "tailscale0", "-j", "ACCEPT"]).check_returncode()
-        saved = iptables_restore(rules, home_ns)
+            home_ns.run([tool, "-I", builtin, "1", "-i", "tailscale0", "-j", "ACCEPT"]).check_returncode()
+        saved = iptables_restore(rules, home_ns, ip_version)
         assert "*raw" in saved and "*filter" in saved
-        home_ns.run(["iptables", "-t", "raw", "-I", "PREROUTING", "-j", chain]).check_returncode()
+        home_ns.run([tool, "-t", "raw", "-I", "PREROUTING", "-j", chain]).check_returncode()
         listener = subprocess.Popen(["ip", "netns", "exec", home_ns.name, sys.executable, "-c", LISTEN, home,
-                                     *map(str, twin_ports)], stdout=subprocess.PIPE, text=True)
+                                     *map(str, ports)], stdout=subprocess.PIPE, text=True)
         try:
             assert listener.stdout.readline().strip() == "ready"
-            probe = tailnet.run([sys.executable, "-c", PROBE, home, json.dumps([gateway, spoofer]),
-                                 json.dumps(twin_ports)])
+            probe = tailnet.run([sys.executable, "-c", PROBE, home, json.dumps(peers), json.dumps(ports)])
         finally:
             listener.kill()
             listener.wait()
     assert probe.returncode == 0, probe.stderr
-    seen = json.loads(probe.stdout)
+    return json.loads(probe.stdout)
+
+
+def test_only_the_gateway_reaches_the_twin_ports_whatever_the_filter_table_accepts(dev_settings):
+    """The raw chain drops the spoofer's SYN before the filter table's accept is consulted."""
+    gateway, spoofer, home = "100.64.0.1", "100.64.0.3", dev_settings.home.tailnet_ip
+    rules = render_home_firewall(dev_settings, Deployment(gateway_tailnet_ip=gateway))
+    twin_ports = [s.home_port for s in catalogue.PROXY_SERVICES]
+    seen = probe_over_tailscale0(rules, dev_settings.names.home_twin_chain, 4, home, [gateway, spoofer], twin_ports)
     enabled = {s.home_port for s in dev_settings.enabled_services}
     for port in twin_ports:
         assert seen[f"{spoofer}:{port}"] == "TimeoutError", port  # dropped: raw cannot reset
         assert seen[f"{gateway}:{port}"] == ("open" if port in enabled else "TimeoutError"), port
+
+
+def test_no_tailnet_peer_reaches_a_twin_port_over_ipv6(dev_settings):
+    """The IPv6 filter, loaded with ip6tables-restore: a peer's SYN to a twin port on an
+    address of Tailscale's IPv6 range is dropped (nothing is let through there: the gateway
+    comes over IPv4), while a port that is no twin still answers on the same address."""
+    home, peer, not_a_twin = "fd7a:115c:a1e0::2", "fd7a:115c:a1e0::3", 10026
+    rules = render_home_firewall_v6(dev_settings)
+    twin_ports = [s.home_port for s in catalogue.PROXY_SERVICES]
+    seen = probe_over_tailscale0(rules, dev_settings.names.home_twin_chain, 6, home, [peer],
+                                 [*twin_ports, not_a_twin])
+    assert seen[f"{peer}:{not_a_twin}"] == "open"
+    for port in twin_ports:
+        assert seen[f"{peer}:{port}"] == "TimeoutError", port
+
+
+def test_the_ipv6_filter_covers_tailscales_whole_ipv6_range_with_the_same_chain(dev_settings):
+    rules = render_home_firewall_v6(dev_settings)
+    assert [line for line in rules.splitlines() if line.startswith(("*", ":"))] == [
+        "*raw", f":{dev_settings.names.home_twin_chain} - [0:0]"]
+    [rule] = [line for line in rules.splitlines() if line.startswith("-A ")]
+    assert f" -d {TAILNET_RANGES[1]} " in rule and rule.endswith(" -j DROP") and " -s " not in rule
 
 
 def test_the_home_filter_is_ipv4_raw_only(dev_settings):
@@ -229,37 +261,49 @@ def exec_start_post(drop_in: str) -> list[str]:
     return [line.split("=", 1)[1] for line in drop_in.splitlines() if line.startswith("ExecStartPost=")]
 
 
-def test_docker_waits_for_tailscaled_and_reloads_the_firewall(dev_settings, tmp_path):
-    rules = tmp_path / "home-firewall.rules"
+def rendered_drop_in(settings, firewall_rules: str | None = None, firewall_rules_v6: str | None = None) -> str:
+    names = settings.names
+    return render_docker_after_tailscale(firewall_rules or names.home_firewall_path,
+                                         firewall_rules_v6 or names.home_firewall_v6_path, names.home_twin_chain)
+
+
+def test_docker_waits_for_tailscaled_and_reloads_both_filters(dev_settings, tmp_path):
+    rules, rules_v6 = tmp_path / "home-firewall.rules", tmp_path / "home-firewall.rules.v6"
     rules.write_text(render_home_firewall(dev_settings, Deployment()))
-    text = render_docker_after_tailscale(str(rules), dev_settings.names.home_twin_chain)
+    rules_v6.write_text(render_home_firewall_v6(dev_settings))
+    text = rendered_drop_in(dev_settings, str(rules), str(rules_v6))
     assert "[Unit]\nAfter=tailscaled.service\nWants=tailscaled.service\n" in text
-    [command] = exec_start_post(text)
-    argv = ["/bin/sh", "-c", command.split("/bin/sh -c ", 1)[1].strip("'")]
+    commands = exec_start_post(text)
+    assert len(commands) == 2  # one per IP version: a host without IPv6 still gets IPv4's
+    argvs = [["/bin/sh", "-c", command.split("/bin/sh -c ", 1)[1].strip("'")] for command in commands]
     chain = dev_settings.names.home_twin_chain
     with Netns() as ns:
         # Docker 28's own raw rule for a container; the filter goes before it.
         ns.run(["iptables", "-t", "raw", "-A", "PREROUTING", "-d", "198.51.100.2/32", "!", "-i", "br-x",
                 "-j", "DROP"]).check_returncode()
-        for _ in range(2):  # every docker start (each boot) runs it again
-            ran = ns.run(argv)
-            assert ran.returncode == 0, ran.stderr
+        for _ in range(2):  # every docker start (each boot) runs them again
+            for argv in argvs:
+                ran = ns.run(argv)
+                assert ran.returncode == 0, ran.stderr
         prerouting = ns.run(["iptables", "-t", "raw", "-S", "PREROUTING"]).stdout.splitlines()
         twin = ns.run(["iptables", "-t", "raw", "-S", chain]).stdout
+        prerouting_v6 = ns.run(["ip6tables", "-t", "raw", "-S", "PREROUTING"]).stdout.splitlines()
+        twin_v6 = ns.run(["ip6tables", "-t", "raw", "-S", chain]).stdout
     assert prerouting[1:] == [f"-A PREROUTING -j {chain}",
                               "-A PREROUTING -d 198.51.100.2/32 ! -i br-x -j DROP"]
     assert twin.count(" -j DROP") == 1 and twin.count(" -j RETURN") == 1
+    assert prerouting_v6[1:] == [f"-A PREROUTING -j {chain}"]
+    assert twin_v6.count(" -j DROP") == 1 and f"-d {TAILNET_RANGES[1]}" in twin_v6
 
 
 def test_nothing_in_the_drop_in_can_stop_docker(dev_settings):
     """systemd stops a unit whose ExecStartPost fails unless the line starts with '-';
     iptables without -w fails at once while dockerd holds the xtables lock."""
-    text = render_docker_after_tailscale(dev_settings.names.home_firewall_path, dev_settings.names.home_twin_chain)
-    commands = exec_start_post(text)
+    commands = exec_start_post(rendered_drop_in(dev_settings))
     assert commands
     for command in commands:
         assert command.startswith("-/"), command
-        invocations = re.findall(r"\biptables(?:-restore)?\b[^&|;)']*", command)
+        invocations = re.findall(r"\bip6?tables(?:-restore)?\b[^&|;)']*", command)
         assert invocations, command
         for invocation in invocations:
             assert " -w " in f"{invocation} ", invocation
@@ -283,7 +327,6 @@ def test_systemd_reads_the_drop_in_without_a_complaint(dev_settings, tmp_path):
     drop_in.write_text("[Service]\nExecStartPost=/nonexistent/iptables -w -L\n")
     refused = verify()
     assert refused.returncode != 0 and "/nonexistent/iptables" in refused.stderr
-    drop_in.write_text(render_docker_after_tailscale(dev_settings.names.home_firewall_path,
-                                                     dev_settings.names.home_twin_chain))
+    drop_in.write_text(rendered_drop_in(dev_settings))
     accepted = verify()
     assert (accepted.returncode, accepted.stderr) == (0, "")

@@ -4,7 +4,8 @@ Gateway: the MAILGATE-IN chain, hooked into INPUT by cloud-init, opens the enabl
 public ports. Home: the stack's MAILGATE-TWIN-<stack> chain in the `raw` table, hooked into
 raw PREROUTING, lets only the gateway reach Mailcow's PROXY twin ports, because Postfix
 believes any PROXY header it is sent and would otherwise let anyone claim any client
-address.
+address. Its IPv6 twin (ip6tables, same chain name) drops the twin ports on Tailscale's
+IPv6 range.
 
 Why `raw` and not Docker's DOCKER-USER: tailscaled inserts `ts-forward` at position 1 of
 filter FORWARD (again at every restart) and it ACCEPTs whatever arrives on tailscale0, so a
@@ -18,7 +19,7 @@ from __future__ import annotations
 from mailgate import catalogue
 from mailgate.deployment import Deployment
 from mailgate.renderers.cloud_init import GATEWAY_INPUT_CHAIN
-from mailgate.settings import Settings
+from mailgate.settings import TAILNET_RANGES, Settings
 
 HEADER = "# Rendered by mailgate; load with iptables-restore --noflush (the chain is replaced)."
 
@@ -53,7 +54,8 @@ def render_home_firewall(settings: Settings, deployment: Deployment) -> str:
     Matched on the destination as sent (raw PREROUTING sees the packet before Docker's
     DNAT rewrites it to the container). IPv4 only: Mailcow's twin ports are published on
     the home's IPv4 tailnet address alone (settings.home.tailnet_ip), so nothing listens
-    for them on the IPv6 tailnet address. Every PROXY twin port of the catalogue is
+    for them on the IPv6 tailnet address (render_home_firewall_v6 still guards that
+    range). Every PROXY twin port of the catalogue is
     guarded, enabled or not, so a leftover publication (e.g. Mailcow's HAPROXY example)
     cannot be spoofed through either.
     """
@@ -77,3 +79,23 @@ def render_home_firewall(settings: Settings, deployment: Deployment) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def render_home_firewall_v6(settings: Settings) -> str:
+    """The IPv6 twin of render_home_firewall (same chain name, in ip6tables' raw table):
+    TCP to a twin port on any address of Tailscale's IPv6 range is dropped, from every
+    source. Nothing is published there today and the gateway connects over IPv4, so no
+    source is let through; a publication on the IPv6 tailnet address (Docker, a user's
+    override) still cannot be reached with a forged PROXY header."""
+    chain = settings.names.home_twin_chain
+    return "\n".join([
+        HEADER.replace("iptables-restore", "ip6tables-restore"),
+        "# No allow rule: mailgate publishes nothing on the IPv6 tailnet address and the",
+        "# gateway connects over IPv4.",
+        "*raw",
+        f":{chain} - [0:0]",
+        f"-A {chain} -d {TAILNET_RANGES[1]} -p tcp "
+        f"-m multiport --dports {_ports(catalogue.PROXY_SERVICES, 'home_port')} -j DROP",
+        "COMMIT",
+        "",
+    ])

@@ -82,14 +82,21 @@ def block_keys(block: str) -> list[str]:
             if "=" in line and not line.lstrip().startswith("#")]
 
 
-def render_docker_after_tailscale(firewall_rules: str, chain: str) -> str:
+def render_docker_after_tailscale(firewall_rules: str, firewall_rules_v6: str, chain: str) -> str:
     """systemd drop-in for docker.service: start after tailscaled, and load the twin-port
-    filter (raw PREROUTING) each time dockerd starts, every boot included: the raw table
-    survives Docker and tailscaled restarts, not a reboot, and nothing else saves it.
+    filter (raw PREROUTING, IPv4 and IPv6) each time dockerd starts, every boot included:
+    the raw table survives Docker and tailscaled restarts, not a reboot, and nothing else
+    saves it.
 
     Nothing here may stop Docker: the `-` prefix makes systemd record a failing command
     and carry on (systemd.service(5)), and `-w` waits for the xtables lock that dockerd
-    itself holds while it sets up its chains, instead of failing at once."""
+    itself holds while it sets up its chains, instead of failing at once. IPv4 and IPv6
+    are separate lines, so a host without IPv6 still gets the IPv4 filter."""
+    def load(tool: str, rules: str) -> str:
+        return (f"ExecStartPost=-/bin/sh -c '{tool}-restore -w --noflush {rules} && "
+                f"({tool} -w -t raw -C PREROUTING -j {chain} 2>/dev/null || "
+                f"{tool} -w -t raw -I PREROUTING -j {chain})'\n")
+
     return (
         "# Rendered by mailgate. The twin ports bind to the tailnet address even before it\n"
         "# exists (the nonlocal-bind file in /etc/sysctl.d). A failing command below never\n"
@@ -99,7 +106,6 @@ def render_docker_after_tailscale(firewall_rules: str, chain: str) -> str:
         "Wants=tailscaled.service\n"
         "\n"
         "[Service]\n"
-        f"ExecStartPost=-/bin/sh -c 'iptables-restore -w --noflush {firewall_rules} && "
-        f"(iptables -w -t raw -C PREROUTING -j {chain} 2>/dev/null || "
-        f"iptables -w -t raw -I PREROUTING -j {chain})'\n"
+        + load("iptables", firewall_rules)
+        + load("ip6tables", firewall_rules_v6)
     )

@@ -49,6 +49,10 @@ DOVECOT_CONTAINER_CONF = "/etc/dovecot"
 
 RECREATE, RESTART = "recreate", "restart"
 
+# What a home run says where ip6tables has no raw table (a host booted without IPv6).
+IPV6_FILTER_SKIPPED = ("this host has no IPv6 raw table (ip6tables -t raw; booted without IPv6?): "
+                       "the IPv6 twin-port filter is skipped, the IPv4 one is loaded")
+
 # What a changed file needs: (containers, action). The override and mailcow.conf (Mailcow's
 # .env) are the containers' definition, applied by `compose up -d`, which recreates a
 # container only when that changed; the others are bind mounts that a container reads
@@ -252,7 +256,7 @@ def _home_script_file(settings: Settings, rendered: RenderedFile) -> ScriptFile:
             keys = " ".join(block_keys(rendered.text)) if rendered.splice == BLOCK else ""
             return ScriptFile(rendered.path, rendered.mode, services=services, action=action,
                               splice=rendered.splice, keys=keys)
-    kind = {settings.names.home_firewall_path: "firewall",
+    kind = {settings.names.home_firewall_path: "firewall", settings.names.home_firewall_v6_path: "firewall",
             settings.names.home_nonlocal_bind_sysctl: "sysctl"}.get(rendered.path, "systemd")
     return ScriptFile(rendered.path, rendered.mode, kind=kind)
 
@@ -273,7 +277,8 @@ def render_home_apply(settings: Settings, files: list[RenderedFile],
         "scripts/home-apply.sh.j2", root=commands.root, commands=commands, state_dir=settings.names.home_state_dir,
         mailcow_dir=settings.home.mailcow_dir, files=[_home_script_file(settings, f) for f in files],
         **splice_context(settings.names.stack),
-        firewall_path=settings.names.home_firewall_path, chain=settings.names.home_twin_chain,
+        firewall_path=settings.names.home_firewall_path, firewall_v6_path=settings.names.home_firewall_v6_path,
+        chain=settings.names.home_twin_chain, ipv6_skipped=IPV6_FILTER_SKIPPED,
         postfix_check=POSTFIX_CHECK.replace("@RELAY_KEY@", relay_host_key(settings)).replace("@RELAY_MAP@", RELAY_PASSWORD_MAP),
         dovecot_check=DOVECOT_CHECK, postfix_dir=str(PurePosixPath(home_path(settings, POSTFIX_EXTRA)).parent),
         dovecot_dir=str(PurePosixPath(home_path(settings, DOVECOT_EXTRA)).parent),
