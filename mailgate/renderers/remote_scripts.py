@@ -181,7 +181,7 @@ def pack(files: list[RenderedFile]) -> str:
 
 
 def unpack(bundle: str) -> dict[str, str]:
-    """A base64 tar (as the snapshot prints it) -> absolute path -> text."""
+    """A base64 tar (as `pack` writes it) -> absolute path -> text."""
     files = {}
     raw = base64.b64decode("".join(bundle.split()))
     with tarfile.open(fileobj=io.BytesIO(raw)) as archive:
