@@ -17,8 +17,8 @@ import pulumi
 from pulumi_command import remote
 
 from components.ssh import gateway_connection, step_options
-from mailgate.layout import CLOUD_INIT, gateway_files
-from mailgate.renderers.remote_scripts import DEPLOY_TARGETS, pack, render_gateway_apply
+from mailgate.layout import CLOUD_INIT, Secrets, gateway_files
+from mailgate.renderers.remote_scripts import DEPLOY_TARGETS, pack, render_gateway_apply, watch_context
 from mailgate.settings import Settings
 
 
@@ -32,22 +32,33 @@ class GatewayConfigArgs:
     """The VM the configuration is for."""
     host_key: pulumi.Input[str]
     """That VM's SSH host public key, pinned."""
+    alerts_relay_password: pulumi.Input[str] | None = None
+    """The gateway's own relay key for its alerts (mailgate:alertsRelayPassword)."""
+    alerts_webhook_url: pulumi.Input[str] | None = None
 
 
 class GatewayConfig(pulumi.ComponentResource):
     def __init__(self, name: str, args: GatewayConfigArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mailgate:remote:GatewayConfig", name, None, opts)
-        # cloud-init travels in the instance metadata, not over SSH.
-        files = [f for f in gateway_files(args.settings) if f.path != CLOUD_INIT]
-        script = args.instance_id.apply(
-            lambda instance: render_gateway_apply(files, DEPLOY_TARGETS["gateway"], instance_id=instance))
+        settings = args.settings
+
+        def over_ssh(secrets: Secrets) -> list:
+            # cloud-init travels in the instance metadata, not over SSH.
+            return [f for f in gateway_files(settings, secrets) if f.path != CLOUD_INIT]
+
+        # The script names paths and modes only; the files, a relay key among them, go on stdin.
+        files = over_ssh(Secrets(alerts_relay_password=None))
+        script = args.instance_id.apply(lambda instance: render_gateway_apply(
+            files, DEPLOY_TARGETS["gateway"], instance_id=instance, **watch_context(settings)))
+        payload = pulumi.Output.secret(pulumi.Output.all(args.alerts_relay_password, args.alerts_webhook_url).apply(
+            lambda values: pack(over_ssh(Secrets(alerts_relay_password=values[0], alerts_webhook_url=values[1])))))
         # No triggers: a change of them would replace the command, never update it.
         self.apply = remote.Command(
             f"{name}-apply",
             connection=gateway_connection(args.settings, args.tailnet_ip, args.private_key, args.host_key),
             create=script,
             update=script,
-            stdin=pack(files),
+            stdin=payload,
             logging=remote.Logging.STDOUT_AND_STDERR,
             opts=step_options(self, secret_output=False),
         )

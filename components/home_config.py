@@ -38,6 +38,9 @@ class HomeConfigArgs:
     gateway_private_key: pulumi.Input[str] | None = None
     gateway_host_key: pulumi.Input[str] | None = None
     """The gateway's SSH host key, pinned on the jump (home.viaGateway)."""
+    public_ipv4: pulumi.Input[str] | None = None
+    """The gateway's public address, which the watcher on the Mini PC checks."""
+    alerts_webhook_url: pulumi.Input[str] | None = None
 
 
 class HomeConfig(pulumi.ComponentResource):
@@ -48,11 +51,13 @@ class HomeConfig(pulumi.ComponentResource):
                                      args.gateway_private_key, args.gateway_host_key)
 
         def bundle(values: list) -> str:
-            gateway_ip, password = values
-            return home_bundle(settings, home_files(settings, Deployment(gateway_tailnet_ip=gateway_ip),
-                                                    Secrets(relay_password=password)))
+            gateway_ip, public_ipv4, password, webhook = values
+            deployment = Deployment(gateway_tailnet_ip=gateway_ip, public_ipv4=public_ipv4)
+            return home_bundle(settings, home_files(settings, deployment, Secrets(
+                relay_password=password, alerts_webhook_url=webhook)))
 
-        payload = pulumi.Output.secret(pulumi.Output.all(args.gateway_tailnet_ip, args.relay_password).apply(bundle))
+        payload = pulumi.Output.secret(pulumi.Output.all(
+            args.gateway_tailnet_ip, args.public_ipv4, args.relay_password, args.alerts_webhook_url).apply(bundle))
         # The apply script names files and services only; it holds no secret.
         script = render_home_apply(settings, home_files(settings, Deployment(), Secrets()),
                                    DEPLOY_TARGETS["home"])

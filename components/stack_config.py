@@ -22,6 +22,8 @@ class StackSecrets:
     relay_password: pulumi.Output[str]
     gateway_ssh_private_key: pulumi.Output[str] | None
     home_ssh_private_key: pulumi.Output[str] | None
+    alerts_relay_password: pulumi.Output[str] | None
+    alerts_webhook_url: pulumi.Output[str] | None
 
 
 def _decode(value: str) -> object:
@@ -68,4 +70,6 @@ def load_stack_settings() -> tuple[Settings, StackSecrets]:
         relay_password=config.require_secret("relayPassword"),
         gateway_ssh_private_key=config.get_secret("gatewaySshPrivateKey"),
         home_ssh_private_key=config.get_secret("homeSshPrivateKey"),
+        alerts_relay_password=config.get_secret("alertsRelayPassword"),
+        alerts_webhook_url=config.get_secret("alertsWebhookUrl"),
     )

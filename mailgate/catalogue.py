@@ -50,6 +50,8 @@ class Service:
     description: str
     srv: str | None = None
     """RFC 6186/8314/5804 SRV service label that lets mail clients find the port."""
+    implicit_tls: bool = False
+    """TLS from the first byte (the daemon greets only after the handshake)."""
 
 
 MAIL = "mail"
@@ -59,24 +61,25 @@ SERVICES: tuple[Service, ...] = (
     Service("smtp", 25, 10025, True, "postfix-mailcow", "SMTP_PORT_HAPROXY",
             IdleTimeout.SMTP, True, MAIL, "SMTP from other mail servers (MX, postscreen)"),
     Service("submissions", 465, 10465, True, "postfix-mailcow", "SMTPS_PORT_HAPROXY",
-            IdleTimeout.SMTP, True, MAIL, "mail submission, implicit TLS", srv="submissions"),
+            IdleTimeout.SMTP, True, MAIL, "mail submission, implicit TLS", srv="submissions",
+            implicit_tls=True),
     Service("submission", 587, 10587, True, "postfix-mailcow", "SUBMISSION_PORT_HAPROXY",
             IdleTimeout.SMTP, True, MAIL, "mail submission, STARTTLS", srv="submission"),
     Service("imap", 143, 10143, True, "dovecot-mailcow", "IMAP_PORT_HAPROXY",
             IdleTimeout.IMAP, True, MAIL, "IMAP, STARTTLS", srv="imap"),
     Service("imaps", 993, 10993, True, "dovecot-mailcow", "IMAPS_PORT_HAPROXY",
-            IdleTimeout.IMAP, True, MAIL, "IMAP, implicit TLS", srv="imaps"),
+            IdleTimeout.IMAP, True, MAIL, "IMAP, implicit TLS", srv="imaps", implicit_tls=True),
     Service("managesieve", 4190, 14190, True, "dovecot-mailcow", "SIEVE_PORT_HAPROXY",
             IdleTimeout.IMAP, True, MAIL, "ManageSieve filter upload (RFC 5804)", srv="sieve"),
     Service("pop3", 110, 10110, True, "dovecot-mailcow", "POP_PORT_HAPROXY",
             IdleTimeout.POP3, False, MAIL, "POP3, STARTTLS", srv="pop3"),
     Service("pop3s", 995, 10995, True, "dovecot-mailcow", "POPS_PORT_HAPROXY",
-            IdleTimeout.POP3, False, MAIL, "POP3, implicit TLS", srv="pop3s"),
+            IdleTimeout.POP3, False, MAIL, "POP3, implicit TLS", srv="pop3s", implicit_tls=True),
     # Mailcow's web has no PROXY twin: the stream is passed through as plain TCP.
     Service("http", 80, 80, False, "nginx-mailcow", None,
             IdleTimeout.WEB, False, WEB, "ACME HTTP-01, redirect to HTTPS"),
     Service("https", 443, 443, False, "nginx-mailcow", None,
-            IdleTimeout.WEB, False, WEB, "webmail, admin UI, autodiscover"),
+            IdleTimeout.WEB, False, WEB, "webmail, admin UI, autodiscover", implicit_tls=True),
 )
 
 BY_NAME: dict[str, Service] = {service.name: service for service in SERVICES}

@@ -26,6 +26,14 @@ from mailgate.renderers.mailcow import (
 from mailgate.renderers.nginx import render_nginx_stream
 from mailgate.renderers.sysctl import render_nonlocal_bind_sysctl
 from mailgate.renderers.tailscale_policy import render_policy_snippet
+from mailgate.renderers.watch import (
+    GATEWAY_END,
+    HOME_END,
+    WATCH_PROGRAM,
+    render_watch_config,
+    render_watch_service,
+    render_watch_timer,
+)
 from mailgate.settings import Settings
 
 GATEWAY, HOME, PUBLISH = "gateway", "home", "publish"
@@ -46,6 +54,7 @@ GATEWAY_FIREWALL_V6 = "/etc/iptables/mailgate.rules.v6"
 CLOUD_INIT = "cloud-init/user-data.yaml"
 
 PASSWORD_PLACEHOLDER = "<relay password: pulumi config set --secret mailgate:relayPassword>"
+ALERT_KEY_PLACEHOLDER = "<the gateway's own relay key: pulumi config set --secret mailgate:alertsRelayPassword>"
 
 
 @dataclass(frozen=True)
@@ -68,10 +77,27 @@ class Secrets:
     relay_password: str = PASSWORD_PLACEHOLDER
     bootstrap_url: str | None = None
     """The bootstrap bucket's read-only URL (None: a placeholder naming the stack's bucket)."""
+    alerts_relay_password: str | None = ALERT_KEY_PLACEHOLDER
+    """The gateway's own relay key for its alerts (None: not configured)."""
+    alerts_webhook_url: str | None = None
 
 
 def home_path(settings: Settings, relative: str) -> str:
     return str(PurePosixPath(settings.home.mailcow_dir) / relative)
+
+
+def watch_files(settings: Settings, host: str, config: str) -> list[RenderedFile]:
+    """The watcher on `host`: the program, its config (secret: it holds a relay key), and
+    the units that run it. Laid down with alerts off too (the timer then stays off), so
+    that turning alerts off is a change of files like any other."""
+    names = settings.names
+    end = GATEWAY_END if host == GATEWAY else HOME_END
+    return [
+        RenderedFile(host, names.watch_script, WATCH_PROGRAM.read_text(), 0o755),
+        RenderedFile(host, names.watch_config, config, 0o600, secret=True),
+        RenderedFile(host, names.watch_unit_path("service"), render_watch_service(settings, end)),
+        RenderedFile(host, names.watch_unit_path("timer"), render_watch_timer(settings)),
+    ]
 
 
 def gateway_files(settings: Settings, secrets: Secrets = Secrets()) -> list[RenderedFile]:
@@ -86,6 +112,8 @@ def gateway_files(settings: Settings, secrets: Secrets = Secrets()) -> list[Rend
     if settings.gateway.ipv6:
         files.append(RenderedFile(GATEWAY, GATEWAY_FIREWALL_V6,
                                   render_gateway_firewall(settings, 6), 0o640))
+    files += watch_files(settings, GATEWAY, render_watch_config(
+        settings, GATEWAY_END, Deployment(), secrets.alerts_relay_password, secrets.alerts_webhook_url))
     return files
 
 
@@ -108,6 +136,8 @@ def home_files(settings: Settings, deployment: Deployment, secrets: Secrets = Se
                      render_docker_after_tailscale(names.home_firewall_path, names.home_firewall_v6_path,
                                                    names.home_twin_chain)),
         RenderedFile(HOME, names.home_nonlocal_bind_sysctl, render_nonlocal_bind_sysctl(names.stack)),
+        *watch_files(settings, HOME, render_watch_config(
+            settings, HOME_END, deployment, secrets.relay_password, secrets.alerts_webhook_url)),
     ]
 
 

@@ -86,6 +86,23 @@ class StackNames:
     def home_twin_chain(self) -> str:
         return _fit("MAILGATE-TWIN-", self.stack, CHAIN_MAX)
 
+    # The watcher, at the same paths on the gateway and on the Mini PC.
+    @property
+    def watch_unit(self) -> str:
+        """The systemd service (and, with .timer, its timer) of the watcher."""
+        return f"mailgate-{self.stack}-watch"
+
+    @property
+    def watch_script(self) -> str:
+        return f"/usr/local/lib/mailgate/{self.stack}/watch.py"
+
+    @property
+    def watch_config(self) -> str:
+        return f"/etc/mailgate/{self.stack}/watch.json"
+
+    def watch_unit_path(self, suffix: str) -> str:
+        return f"/etc/systemd/system/{self.watch_unit}.{suffix}"
+
 
 
 def valid_stack_name(stack: str) -> bool:

@@ -603,6 +603,53 @@ class WebSettings(Strict):
     )
 
 
+EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&*+/=?^_`{|}~-]+@(?P<domain>[^@\s]+)$")
+ALERT_AFTER_MINUTES = (5, 1440)
+
+
+def _email(value: str) -> str:
+    match = EMAIL.match(value)
+    if not match:
+        raise ValueError(f"{value!r} is not a mail address; expected e.g. you@example.net")
+    _hostname(match["domain"])
+    return value
+
+
+class AlertSettings(Strict):
+    to: str | None = Field(
+        None,
+        description="Where the watchers send their alerts (an address NOT served by this "
+        "Mailcow, which is what may be down). Empty: no alerts.",
+    )
+    sender: str | None = Field(
+        None,
+        description="From address of the alerts, in a domain the relay may send for; empty "
+        "means mailgate@<domain>.",
+    )
+    after_minutes: int = Field(
+        15,
+        description="Minutes the other end must stay unreachable before its ONE alert "
+        f"({ALERT_AFTER_MINUTES[0]} to {ALERT_AFTER_MINUTES[1]}); a shorter outage sends nothing.",
+    )
+
+    @field_validator("to", "sender")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        return None if value is None else _email(value)
+
+    @field_validator("after_minutes")
+    @classmethod
+    def _after(cls, value: int) -> int:
+        low, high = ALERT_AFTER_MINUTES
+        if not low <= value <= high:
+            raise ValueError(f"{value} is outside {low} to {high} minutes; the watchers check once a minute")
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return self.to is not None
+
+
 class Settings(Strict):
     """Everything under the ``mailgate:`` namespace of a stack's config."""
 
@@ -625,6 +672,10 @@ class Settings(Strict):
         default_factory=TailscaleSettings, description="Tailnet tags, key and policy."
     )
     web: WebSettings = Field(default_factory=WebSettings, description="Web forwarding (opt-in).")
+    alerts: AlertSettings = Field(
+        default_factory=AlertSettings,
+        description="Each end watches the other and mails one alert when it goes dark.",
+    )
 
     @field_validator("domain")
     @classmethod
@@ -649,6 +700,10 @@ class Settings(Strict):
         return value
 
     @property
+    def alert_sender(self) -> str:
+        return self.alerts.sender or f"mailgate@{self.domain}"
+
+    @property
     def enabled_services(self) -> tuple[catalogue.Service, ...]:
         return catalogue.enabled(tuple(self.services), self.web.enabled)
 
@@ -667,7 +722,13 @@ SECRET_KEYS: dict[str, str] = {
     "gatewaySshPrivateKey": "Private key Pulumi uses to SSH into the gateway (matches one "
     "of gateway.sshPublicKeys).",
     "homeSshPrivateKey": "Private key Pulumi uses to SSH into the Mini PC.",
+    "alertsRelayPassword": "The gateway's own relay key for its alerts (Brevo: a second SMTP "
+    "key under the same login), so the internet-facing VM never holds the main one.",
+    "alertsWebhookUrl": "A webhook URL the watchers also POST their alerts to, as JSON with "
+    "`text` (what Slack's and Mattermost's incoming webhooks read), `title` and `status`.",
 }
+# With alerts on, the gateway needs a way to send that does not go through home.
+GATEWAY_ALERT_CHANNELS = ("alertsRelayPassword", "alertsWebhookUrl")
 REQUIRED_SECRET_KEYS = ("relayPassword",)
 
 
@@ -680,6 +741,30 @@ def _missing_home_host_key(home: dict) -> str:
 
 
 MISSING_HINTS = {("home", "sshHostKey"): _missing_home_host_key}
+
+
+def _alert_problems(settings: Settings, secrets_present: set[str] | None) -> list[str]:
+    """What makes an alert undeliverable, found across sections and secrets."""
+    alerts, key = settings.alerts, f"{NAMESPACE}:alerts.to"
+    if not alerts.enabled:
+        return []
+    problems = []
+    recipient_domain = alerts.to.rpartition("@")[2].lower()
+    if recipient_domain == settings.domain or recipient_domain.endswith("." + settings.domain):
+        problems.append(
+            f"{key}: {alerts.to} is served by this Mailcow, which is what an alert may be about; "
+            "expected an address elsewhere (e.g. at your phone's mail provider)")
+    if not any(s.public_port != 25 for s in settings.enabled_services if s.group == catalogue.MAIL):
+        problems.append(
+            f"{key}: alerts need a forwarded mail service besides smtp: the Mini PC checks the "
+            "gateway on one (its line blocks outgoing port 25); add e.g. submission to "
+            f"{NAMESPACE}:services")
+    if secrets_present is not None and not secrets_present.intersection(GATEWAY_ALERT_CHANNELS):
+        problems.append(
+            f"{key}: set, but the gateway has no way to send an alert that does not pass through "
+            f"home; give it its own relay key, `pulumi config set --secret {NAMESPACE}:alertsRelayPassword "
+            f"<a second SMTP key>`, or a webhook, `pulumi config set --secret {NAMESPACE}:alertsWebhookUrl <url>`")
+    return problems
 
 
 def load_settings(
@@ -712,6 +797,8 @@ def load_settings(
                     f"{NAMESPACE}:{key}: missing; set it with "
                     f"`pulumi config set --secret {NAMESPACE}:{key} <value>`"
                 )
+    if settings is not None:
+        problems.extend(_alert_problems(settings, secrets_present))
     if problems or settings is None:
         raise ConfigError(problems)
     settings._stack = stack

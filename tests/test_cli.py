@@ -29,6 +29,10 @@ def test_render_writes_the_tree_and_prints_the_summary(tmp_path):
         "gateway/cloud-init/user-data.yaml",
         "gateway/etc/nginx/modules-enabled/70-mailgate-stream.conf",
         "gateway/etc/iptables/mailgate.rules.v4",
+        "gateway/usr/local/lib/mailgate/dev/watch.py",
+        "gateway/etc/mailgate/dev/watch.json",
+        "gateway/etc/systemd/system/mailgate-dev-watch.service",
+        "gateway/etc/systemd/system/mailgate-dev-watch.timer",
         "home/opt/mailcow-dockerized/docker-compose.override.yml",
         "home/opt/mailcow-dockerized/mailcow.conf",
         "home/opt/mailcow-dockerized/data/conf/dovecot/extra.conf",
@@ -38,6 +42,10 @@ def test_render_writes_the_tree_and_prints_the_summary(tmp_path):
         "home/etc/mailgate/dev/home-firewall.rules.v6",
         "home/etc/systemd/system/docker.service.d/mailgate-dev-after-tailscaled.conf",
         "home/etc/sysctl.d/60-mailgate-dev-nonlocal-bind.conf",
+        "home/usr/local/lib/mailgate/dev/watch.py",
+        "home/etc/mailgate/dev/watch.json",
+        "home/etc/systemd/system/mailgate-dev-watch.service",
+        "home/etc/systemd/system/mailgate-dev-watch.timer",
         "publish/dns-records.txt",
         "publish/tailscale-policy.hujson",
     }
@@ -50,6 +58,8 @@ def test_render_writes_the_tree_and_prints_the_summary(tmp_path):
     assert "<relay password" in password_map.read_text()
     assert oct(password_map.stat().st_mode & 0o777) == "0o640"
     assert oct((out / "gateway/cloud-init/user-data.yaml").stat().st_mode & 0o777) == "0o600"
+    for end in ("gateway", "home"):
+        assert oct((out / end / "etc/mailgate/dev/watch.json").stat().st_mode & 0o777) == "0o600"
 
 
 def test_render_is_repeatable(tmp_path):

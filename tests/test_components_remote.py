@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 from google.protobuf import json_format
 
@@ -39,7 +40,13 @@ def test_gateway_step_runs_after_the_vm_and_only_when_the_files_change(dev_raw):
     assert inputs["connection"]["dialErrorLimit"] == DIAL_ERROR_LIMIT
     assert "cloud-init status --wait" in inputs["create"]
     files = unpack(inputs["stdin"])
-    assert set(files) == {"/etc/nginx/modules-enabled/70-mailgate-stream.conf", "/etc/iptables/mailgate.rules.v4"}
+    assert set(files) == {"/etc/nginx/modules-enabled/70-mailgate-stream.conf", "/etc/iptables/mailgate.rules.v4",
+                          "/usr/local/lib/mailgate/dev/watch.py", "/etc/mailgate/dev/watch.json",
+                          "/etc/systemd/system/mailgate-dev-watch.service",
+                          "/etc/systemd/system/mailgate-dev-watch.timer"}
+    # Alerts are off in the dev stack: the watcher is laid down, its timer stays off.
+    assert json.loads(files["/etc/mailgate/dev/watch.json"])["enabled"] is False
+    assert "disable --now mailgate-dev-watch.timer" in inputs["create"]
     assert urn_of(run, "gateway-instance") in options["dependencies"]
     assert urn_of(run, "gateway-enrolment-object") in options["dependencies"]
 
@@ -83,3 +90,32 @@ def test_host_key_pinning_and_jump_through_the_gateway(dev_raw, dev_settings):
     assert connection["proxy"]["host"] == h.GATEWAY_TAILNET_IPV4 and connection["proxy"]["user"] == "ubuntu"
     # The provider marks the whole connection (keys included) secret.
     assert "connection" in secret_paths(sent)
+
+
+def test_alert_keys_reach_each_end_only_on_stdin_and_the_main_relay_key_never_the_gateway(dev_raw):
+    raw = copy.deepcopy(dev_raw)
+    raw["alerts"] = {"to": "owner@example.net", "afterMinutes": 20}
+    gateway_key, webhook = "gateway-alert-key-for-mock-tests", "https://hooks.example.net/T0/secret-token"
+    run = run_program(raw, secrets={"relayPassword": PASSWORD, "alertsRelayPassword": gateway_key,
+                                    "alertsWebhookUrl": webhook})
+    gateway_inputs, _, gateway_sent = command(run, "gateway-config-apply")
+    home_inputs, _, home_sent = command(run, "home-config-apply")
+    assert secret_paths(gateway_sent) >= {"stdin"} and secret_paths(home_sent) >= {"stdin"}
+    for inputs in (gateway_inputs, home_inputs):
+        for script in ("create", "update", "delete"):
+            for secret in (PASSWORD, gateway_key, webhook):
+                assert secret not in (inputs.get(script) or "")
+    gateway_files, home_files = unpack(gateway_inputs["stdin"]), unpack(home_inputs["stdin"])
+    assert PASSWORD not in "".join(gateway_files.values())
+    gateway_watch = json.loads(gateway_files["/etc/mailgate/dev/watch.json"])
+    home_watch = json.loads(home_files["/etc/mailgate/dev/watch.json"])
+    assert [c.get("password") for c in gateway_watch["channels"]] == [gateway_key, None]
+    assert [c.get("password") for c in home_watch["channels"]] == [PASSWORD, None]
+    assert gateway_watch["channels"][1]["url"] == home_watch["channels"][1]["url"] == webhook
+    assert gateway_watch["after_seconds"] == home_watch["after_seconds"] == 20 * 60
+    # The gateway checks home's twin ports; home checks the gateway's public address.
+    assert {(t["host"], t["port"]) for t in gateway_watch["targets"]} == {
+        (raw["home"]["tailnetIp"], port) for port in (10025, 10465, 10587, 10143, 10993, 14190)}
+    assert {t["host"] for t in home_watch["targets"]} == {h.PUBLIC_IPV4}
+    assert 25 not in {t["port"] for t in home_watch["targets"]}
+    assert "enable --now mailgate-dev-watch.timer" in gateway_inputs["create"]

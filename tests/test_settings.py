@@ -110,6 +110,12 @@ def delete_path(path: str):
         ("web.enabled", "sometimes", "mailgate:web.enabled: Input should be a valid boolean"),
         ("web", True, "mailgate:web: Input should be a valid dictionary or instance of WebSettings"),
         ("colour", "blue", "mailgate:colour: unknown key"),
+        ("alerts", {"to": "me@"}, "mailgate:alerts.to: 'me@' is not a mail address"),
+        ("alerts", {"to": "me@example.net", "sender": "alerts"}, "mailgate:alerts.sender: 'alerts' is not a mail address"),
+        ("alerts", {"to": "me@example.net", "afterMinutes": 1}, "mailgate:alerts.afterMinutes: 1 is outside 5 to 1440 minutes"),
+        ("alerts", {"to": "me@example.com"}, "mailgate:alerts.to: me@example.com is served by this Mailcow"),
+        ("alerts", {"to": "me@lists.example.com"}, "mailgate:alerts.to: me@lists.example.com is served by this Mailcow"),
+        ("alerts", {"to": "me@example.net", "cc": "x@example.net"}, "mailgate:alerts.cc: unknown key"),
     ],
 )
 def test_invalid_value_is_reported_by_key_path(dev_raw, path, value, expected):
@@ -244,3 +250,23 @@ def test_a_managed_policy_needs_a_tagged_mini_pc(dev_raw):
 def test_a_policy_test_user_must_be_a_login(dev_raw):
     [message] = problems(dev_raw, set_path("tailscale", {"policyTestUser": "not a login"}))
     assert message.startswith("mailgate:tailscale.policyTestUser: 'not a login' is not a tailnet login")
+
+
+def test_alerts_need_a_port_home_can_check_and_a_way_out_for_the_gateway(dev_raw):
+    raw = copy.deepcopy(dev_raw)
+    raw["alerts"] = {"to": "me@example.net"}
+    raw["services"] = ["smtp"]
+    with pytest.raises(ConfigError) as error:
+        load_settings(raw, stack="dev", secrets_present={"relayPassword"})
+    assert [p.split(": ", 1)[0] for p in error.value.problems] == ["mailgate:alerts.to"] * 2
+    assert "besides smtp" in error.value.problems[0]
+    assert "mailgate:alertsRelayPassword" in error.value.problems[1]
+    raw["services"] = ["smtp", "submission"]
+    for channel in ("alertsRelayPassword", "alertsWebhookUrl"):
+        settings = load_settings(raw, stack="dev", secrets_present={"relayPassword", channel})
+        assert settings.alerts.enabled and settings.alert_sender == "mailgate@example.com"
+
+
+def test_alerts_are_off_unless_an_address_is_set(dev_settings):
+    assert not dev_settings.alerts.enabled
+    assert dev_settings.alerts.after_minutes == 15

@@ -42,6 +42,7 @@ from mailgate.managed_block import BLOCK_AWK, COMPOSE_AWK, MARKERS_AWK, awk_vari
 from mailgate.renderers.compose import compose_entries
 from mailgate.renderers.mailcow import POSTFIX_CONTAINER_CONF, RELAY_PASSWORD_MAP, block_keys, relay_host_key
 from mailgate.renderers.sysctl import NONLOCAL_BIND_KEYS
+from mailgate.renderers.watch import PYTHON
 from mailgate.settings import Settings
 
 POSTFIX, DOVECOT = "postfix-mailcow", "dovecot-mailcow"
@@ -210,9 +211,11 @@ def as_root(script: str) -> str:
 
 
 def render_gateway_apply(files: list[RenderedFile], commands: HostCommands = HostCommands(),
-                         wait_for_cloud_init: bool | None = None, instance_id: str = "") -> str:
+                         wait_for_cloud_init: bool | None = None, instance_id: str = "",
+                         watch: dict | None = None) -> str:
     """`instance_id`, the VM the script is for, is part of the text so that a new VM makes
-    it a new script, which pulumi-command runs again (an update) on that VM."""
+    it a new script, which pulumi-command runs again (an update) on that VM. `watch`
+    (watch_context's): `files` hold the watcher, whose timer the script turns on or off."""
     if wait_for_cloud_init is None:
         wait_for_cloud_init = commands.wait_for_cloud_init
     script_files = [ScriptFile(f.path, f.mode) for f in files]
@@ -227,7 +230,7 @@ def render_gateway_apply(files: list[RenderedFile], commands: HostCommands = Hos
         firewall_files=firewall, wait_for_cloud_init=wait_for_cloud_init, instance_id=instance_id,
         packaged_conf=NGINX_PACKAGED_CONF, stream=NGINX_STREAM,
         stream_dir=str(PurePosixPath(NGINX_STREAM).parent), stream_name=PurePosixPath(NGINX_STREAM).name,
-        ports=ports, chain=GATEWAY_INPUT_CHAIN, lock=GATEWAY_LOCK, pending=GATEWAY_PENDING))
+        ports=ports, chain=GATEWAY_INPUT_CHAIN, lock=GATEWAY_LOCK, pending=GATEWAY_PENDING, watch=watch))
 
 
 # Where the payload carries what goes into a shared file: BLOCKS_DIR + its path (and,
@@ -261,6 +264,12 @@ def _home_script_file(settings: Settings, rendered: RenderedFile) -> ScriptFile:
     return ScriptFile(rendered.path, rendered.mode, kind=kind)
 
 
+def watch_context(settings: Settings) -> dict:
+    """What the scripts need to turn the watcher's timer on or off."""
+    names = settings.names
+    return {"watch": {"unit": names.watch_unit, "config": names.watch_config, "python": PYTHON}}
+
+
 def splice_context(stack: str) -> dict:
     """What the scripts need to splice the stack's blocks on the host."""
     markers = MARKERS_AWK.read_text()
@@ -283,7 +292,7 @@ def render_home_apply(settings: Settings, files: list[RenderedFile],
         dovecot_check=DOVECOT_CHECK, postfix_dir=str(PurePosixPath(home_path(settings, POSTFIX_EXTRA)).parent),
         dovecot_dir=str(PurePosixPath(home_path(settings, DOVECOT_EXTRA)).parent),
         postfix_staged=[PurePosixPath(POSTFIX_EXTRA).name, RELAY_PASSWORD_MAP],
-        sysctl_keys=NONLOCAL_BIND_KEYS, lock_wait=commands.lock_wait_seconds,
+        sysctl_keys=NONLOCAL_BIND_KEYS, lock_wait=commands.lock_wait_seconds, **watch_context(settings),
     ))
 
 
@@ -294,5 +303,5 @@ def render_home_restore(settings: Settings, commands: HostCommands = HostCommand
         "scripts/home-restore.sh.j2", root=commands.root, commands=commands, state_dir=settings.names.home_state_dir,
         mailcow_dir=settings.home.mailcow_dir, chain=settings.names.home_twin_chain, sysctl_keys=NONLOCAL_BIND_KEYS,
         lock_wait=commands.lock_wait_seconds, files=[_home_script_file(settings, f) for f in files],
-        **splice_context(settings.names.stack),
+        **splice_context(settings.names.stack), **watch_context(settings),
     ))
