@@ -151,6 +151,10 @@ class GatewayHost(pulumi.ComponentResource):
             compartment_id=gateway.compartment_id,
             availability_domain=availability_domain,
             display_name=args.settings.names.display_name("gateway"),
+            # Oracle stops (not deletes) an idle Always Free VM. A declared target state
+            # is updatable, so `pulumi refresh && pulumi up` starts that same VM again
+            # instead of leaving the MX host down.
+            state="RUNNING",
             shape=gateway.shape,
             # Fixed shapes such as E2.1.Micro reject a shape_config.
             shape_config=oci.core.InstanceShapeConfigArgs(

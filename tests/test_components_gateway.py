@@ -134,6 +134,12 @@ def test_e2_micro_gets_no_shape_config(dev_raw):
     assert "shapeConfig" not in instance
 
 
+def test_instance_declares_it_runs_so_a_stopped_vm_is_started_not_rebuilt(dev_raw):
+    # Oracle stops idle Always Free VMs; `state` is updatable (an InstanceAction START),
+    # so after a refresh the next up starts the same VM (tests/lifecycle shows the steps).
+    assert run_program(dev_raw).inputs(INSTANCE)["state"] == "RUNNING"
+
+
 def test_instance_is_deleted_before_its_replacement(dev_raw):
     assert run_program(dev_raw).options(INSTANCE)["delete_before_replace"] is True
 

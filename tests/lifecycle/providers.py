@@ -113,7 +113,13 @@ class Providers:
                 # core_instance_resource.go Update(): a new source_id replaces the boot
                 # volume in place (updateOptionsViaWorkRequest); the OCID stays.
                 self.world.replace_boot_volume(vm)
-            return {**inputs, "id": old.id, "state": "RUNNING"}
+            # updateCoreInstance(): a changed `state` (updatable, not ForceNew) is an
+            # InstanceAction START (RUNNING) or STOP (STOPPED) on the same instance.
+            if inputs.get("state") == "RUNNING" and vm.stopped:
+                self.world.start(vm)
+            elif inputs.get("state") == "STOPPED":
+                self.world.stop(vm.ocid)
+            return {**inputs, "id": old.id, "state": "STOPPED" if vm.stopped else "RUNNING"}
         if type_ == PUBLIC_IP:
             self.world.public_ips[old.outputs["ipAddress"]] = inputs["privateIpId"]
             return {**inputs, "ipAddress": old.outputs["ipAddress"]}
@@ -147,10 +153,14 @@ class Providers:
         objectstorage_preauthrequest_resource.go: Get() rebuilds the request from the
         API's summary, which has no bucket listing action, and SetData() then stores ""
         for it (Optional+Computed+ForceNew): a program that sets it sees a replacement.
+        core_instance_resource.go SetData() stores the instance's lifecycle state as
+        `state`: a program that declares one sees the difference and updates.
         """
         inputs = dict(old.inputs)
         if type_ == PAR and "bucketListingAction" in inputs:
             inputs["bucketListingAction"] = ""
+        if type_ == INSTANCE and "state" in inputs and old.id in self.world.vms:
+            inputs["state"] = "STOPPED" if self.world.vms[old.id].stopped else "RUNNING"
         return inputs
 
     def exists(self, type_: str, old: Any) -> bool:

@@ -140,6 +140,28 @@ def test_vm_gone_after_refresh_comes_back_configured(lab):
     assert_reached_current_vm(lab, lab.last)
 
 
+def test_a_stopped_vm_is_started_again_not_rebuilt(lab):
+    """Oracle stops an idle Always Free VM. The refresh reads back `state: STOPPED`;
+    the program's declared RUNNING makes the next up an in-place START of the same VM,
+    and the configured hosts are left alone."""
+    assert_ok(up(lab), lab)
+    vm = lab.vm()
+    home_before = lab.home.tree()
+    lab.world.stop(vm.ocid)
+    lab.world.clock.advance(hours=30)
+    assert lab.engines["dev"].refresh() == []
+    assert_ok(up(lab), lab)
+    assert lab.last.ops() == {"gateway-instance": "update"}, lab.last.ops()
+    assert lab.vm() is vm and not vm.stopped, "the gateway was not started again"
+    assert lab.ran() == [] and lab.home.tree() == home_before
+    assert_gateway_serves(lab)
+    # Reachable again: the next change reaches the same VM.
+    lab.raw["dev"]["services"] = ["smtp", "submission", "imaps"]
+    assert_ok(up(lab), lab)
+    assert {run.host for run in lab.runs if run.name == GATEWAY} == {vm.ocid}
+    assert_gateway_serves(lab)
+
+
 def test_a_refresh_of_a_healthy_deployment_changes_nothing(lab):
     # What the providers read back must not differ from what the program declares, or
     # the next up would replace it (the bootstrap URL, and with it the VM).

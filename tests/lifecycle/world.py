@@ -127,7 +127,8 @@ class ObjectStore:
 @dataclass
 class Vm:
     """A gateway instance: its OCID, its user data, and the machine it runs (a fresh one
-    when the boot volume is replaced). Boots (runs cloud-init) once per boot volume."""
+    when the boot volume is replaced). Boots (runs cloud-init) once per boot volume. A
+    stopped VM keeps its OCID, disk and tailnet node but answers nothing until started."""
 
     ocid: str
     stack: str
@@ -136,6 +137,7 @@ class Vm:
     booted: bool = False
     boot_error: str = ""
     devices: list[Device] = field(default_factory=list)
+    stopped: bool = False
 
 
 class World:
@@ -171,6 +173,14 @@ class World:
         vm.machine.stop()
         vm.machine = self._machine(next(self._numbers))
         vm.booted, vm.boot_error = False, ""
+
+    def stop(self, ocid: str) -> None:
+        """What Oracle does to an idle Always Free VM: stop it, not delete it."""
+        self.vms[ocid].stopped = True
+
+    def start(self, vm: Vm) -> None:
+        """InstanceAction START: the same disk boots again (cloud-init's first boot is over)."""
+        vm.stopped = False
 
     def terminate(self, ocid: str) -> None:
         vm = self.vms.pop(ocid, None)
@@ -223,7 +233,7 @@ class World:
         if host == self.home_ssh_host:
             return "home", self.home
         vm = self._vm_at(host)
-        if vm is None:
+        if vm is None or vm.stopped:
             raise StepFailed(f"Error: dial tcp {host}:22: connect: no route to host "
                              f"(tried {int(connection.get('dialErrorLimit') or 10)} times)")
         self.boot(vm)  # the first SSH step waits for cloud-init (`cloud-init status --wait`)
