@@ -15,6 +15,7 @@ APT_PACKAGES=(
   iptables iproute2
   openssh-server openssh-client sudo
   wireguard-go wireguard-tools openssl
+  systemd
 )
 
 if [ "$(id -u)" -eq 0 ]; then

@@ -17,10 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from mailgate.layout import GATEWAY_FIREWALL_V4, GATEWAY_FIREWALL_V6, NGINX_PACKAGED_CONF, NGINX_STREAM, RenderedFile
+from mailgate.deployment import Deployment
+from mailgate.layout import (
+    GATEWAY, GATEWAY_FIREWALL_V4, GATEWAY_FIREWALL_V6, NGINX_PACKAGED_CONF, NGINX_STREAM, RenderedFile, watch_files,
+)
 from mailgate.renderers.firewall import render_gateway_firewall
 from mailgate.renderers.nginx import NginxRuntime, render_nginx_conf, render_nginx_stream
-from mailgate.renderers.remote_scripts import HostCommands, pack, render_gateway_apply
+from mailgate.renderers.remote_scripts import HostCommands, pack, render_gateway_apply, watch_context
+from mailgate.renderers.watch import GATEWAY_END, render_watch_config
 from tests.settings_variants import variant
 from tests.sshd import SUDO_LOGIN, start_sshd
 from tests.validators import Netns
@@ -309,3 +313,57 @@ def test_a_gateway_with_an_older_mailgates_nginx_conf_moves_its_stream_block(gat
     assert migrated.startswith(old[:old.index("events {")])
     assert listening(gateway, 25) and listening(gateway, 993)
     gateway["packaged"] = migrated.encode()
+
+
+def with_watcher(settings, files, relay_key: str | None = "gateway-alert-key"):
+    config = render_watch_config(settings, GATEWAY_END, Deployment(), relay_key)
+    return files + watch_files(settings, GATEWAY, config)
+
+
+def recording_systemctl(gateway, refuse: str = "") -> tuple[HostCommands, Path]:
+    """A systemctl that records its calls (and fails for the verb `refuse`)."""
+    tool, log = gateway["tmp"] / f"systemctl{'-refusing-' + refuse if refuse else ''}", gateway["tmp"] / "systemctl.log"
+    tool.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> "{log}"\n'
+                    f'if [ "$1" = "{refuse}" ]; then echo "Failed to {refuse} unit" >&2; exit 1; fi\n')
+    tool.chmod(0o755)
+    return replace(gateway["commands"], systemctl=str(tool)), log
+
+
+def apply_with_watcher(gateway, settings, files, commands):
+    script = render_gateway_apply(files, commands, wait_for_cloud_init=False, **watch_context(settings))
+    return gateway["sshd"].run(script, pack(files))
+
+
+def test_the_watcher_timer_follows_alerts_and_a_refused_start_rolls_back(gateway, dev_raw):
+    start_nginx(gateway)
+    commands, log = recording_systemctl(gateway)
+    quiet = variant(dev_raw)
+    unit = f"{quiet.names.watch_unit}.timer"
+    config = installed(gateway, quiet.names.watch_config)
+    first = apply_with_watcher(gateway, quiet, with_watcher(quiet, files_for(quiet, gateway["runtime"])), commands)
+    assert first.returncode == 0, first.stderr
+    assert log.read_text().splitlines() == ["daemon-reload", f"disable --now {unit}"]
+    assert oct(config.stat().st_mode & 0o777) == "0o600"
+    assert oct(installed(gateway, quiet.names.watch_script).stat().st_mode & 0o777) == "0o755"
+
+    alerting = variant(dev_raw, alerts={"to": "owner@example.net"})
+    files = with_watcher(alerting, files_for(alerting, gateway["runtime"]))
+    on = apply_with_watcher(gateway, alerting, files, commands)
+    assert on.returncode == 0, on.stderr
+    assert log.read_text().splitlines()[-1] == f"enable --now {unit}"
+    assert "gateway-alert-key" in config.read_text() and "gateway-alert-key" not in on.stdout + on.stderr
+    # Nothing changed: systemctl is left alone.
+    calls = len(log.read_text().splitlines())
+    assert "already up to date" in apply_with_watcher(gateway, alerting, files, commands).stdout
+    assert len(log.read_text().splitlines()) == calls
+
+    # Alerts off, then on again with a systemctl that will not start the timer.
+    refusing, _ = recording_systemctl(gateway, refuse="enable")
+    assert apply_with_watcher(gateway, quiet, with_watcher(quiet, files_for(quiet, gateway["runtime"])),
+                              commands).returncode == 0
+    quiet_config = config.read_text()
+    failed = apply_with_watcher(gateway, alerting, files, refusing)
+    assert failed.returncode == 1
+    assert f"systemctl could not start or stop the watcher's timer {unit}" in failed.stderr
+    assert config.read_text() == quiet_config and not leftovers(gateway)
+    assert log.read_text().splitlines()[-1] == f"disable --now {unit}"

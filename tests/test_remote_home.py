@@ -664,3 +664,74 @@ def test_installs_keep_owner_mode_and_acls_and_write_through_symlinks(home):
     result = home.destroy()
     assert result.returncode == 0, result.stderr
     assert conf.is_symlink() and real_conf.read_text() == MAILCOW_CONF
+
+
+ALERTS_ON = {"to": "owner@example.net"}
+
+
+def systemctl_calls(home: Home) -> list[str]:
+    log = Path(f"{home.systemctl}.log")
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def watch_calls(home: Home) -> list[str]:
+    unit = f"{home.settings.names.watch_unit}.timer"
+    return [call for call in systemctl_calls(home) if call.endswith(unit)]
+
+
+def test_the_watcher_is_laid_down_and_its_timer_follows_the_alert_setting(home, dev_raw):
+    names = home.settings.names
+    config, script = home.root / names.watch_config.lstrip("/"), home.root / names.watch_script.lstrip("/")
+    assert home.apply().returncode == 0
+    assert watch_calls(home) == [f"disable --now {names.watch_unit}.timer"]
+    assert oct(script.stat().st_mode & 0o777) == "0o755" and oct(config.stat().st_mode & 0o777) == "0o600"
+    assert '"enabled": false' in config.read_text()
+    for suffix in ("service", "timer"):
+        assert (home.root / names.watch_unit_path(suffix).lstrip("/")).is_file()
+
+    alerting = variant(dev_raw, alerts=ALERTS_ON)
+    result = home.apply(alerting)
+    assert result.returncode == 0, result.stderr
+    # Units first known to systemd, then the timer on.
+    assert systemctl_calls(home)[-2:] == ["daemon-reload", f"enable --now {names.watch_unit}.timer"]
+    assert PASSWORD in config.read_text() and oct(config.stat().st_mode & 0o777) == "0o600"
+    assert home.apply(alerting).stdout.strip() == "mailgate: home already up to date"
+
+    assert home.apply().returncode == 0
+    assert watch_calls(home)[-1] == f"disable --now {names.watch_unit}.timer"
+    # What the watcher remembered, in systemd's StateDirectory of a DynamicUser.
+    state = home.root / "var/lib/private" / names.watch_unit
+    state.mkdir(parents=True)
+    (state / "state.json").write_text("{}")
+    (home.root / "var/lib" / names.watch_unit).symlink_to(state)
+    result = home.destroy()
+    assert result.returncode == 0, result.stderr
+    assert watch_calls(home)[-1] == f"disable --now {names.watch_unit}.timer"
+    assert not config.exists() and not script.exists() and not state.exists()
+    assert not (home.root / "var/lib" / names.watch_unit).is_symlink()
+    assert not any(PASSWORD in output for output in home.outputs)
+
+
+def test_alerts_on_a_host_without_python_are_refused_before_anything_changes(home, dev_raw):
+    before = home.tree(without_state=False)
+    result = home.apply(variant(dev_raw, alerts=ALERTS_ON),
+                        commands=dataclasses.replace(home.commands, python="/nonexistent/python3"))
+    assert result.returncode == 1
+    assert "alerts (mailgate:alerts.to) need /nonexistent/python3 on this host" in result.stderr
+    assert home.tree(without_state=False) == before and watch_calls(home) == []
+
+
+def test_a_timer_that_will_not_start_undoes_the_whole_run(home, dev_raw, tmp_path):
+    assert home.apply().returncode == 0
+    before, serving = home.tree(), home.serving()
+    refusing = tmp_path / "refusing-systemctl"
+    refusing.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> "{home.systemctl}.log"\n'
+                        'case "$1" in enable) echo "Failed to enable unit" >&2; exit 1 ;; esac\n')
+    refusing.chmod(0o755)
+    result = home.apply(variant(dev_raw, alerts=ALERTS_ON, services=["smtp", "submission"]),
+                        commands=dataclasses.replace(home.commands, systemctl=str(refusing)))
+    assert result.returncode == 1
+    assert "systemctl could not start or stop the watcher's timer" in result.stderr
+    # Every file as before, the containers back on them, the timer set as the old config says.
+    assert home.tree() == before and home.serving() == serving
+    assert watch_calls(home)[-1] == f"disable --now {home.settings.names.watch_unit}.timer"

@@ -138,6 +138,8 @@ class HostCommands:
     """Both hosts: how long a run waits for another one holding the host lock."""
     listen_wait_seconds: int = 30
     """Gateway: how long nginx may take after a start or reload to listen on every port."""
+    python: str = PYTHON
+    """Both hosts: the Python 3 the watcher's unit runs (alerts need it)."""
 
     def iptables_restore(self, ip_version: int) -> str:
         tool = self.iptables if ip_version == 4 else self.ip6tables
@@ -267,7 +269,7 @@ def _home_script_file(settings: Settings, rendered: RenderedFile) -> ScriptFile:
 def watch_context(settings: Settings) -> dict:
     """What the scripts need to turn the watcher's timer on or off."""
     names = settings.names
-    return {"watch": {"unit": names.watch_unit, "config": names.watch_config, "python": PYTHON}}
+    return {"watch": {"unit": names.watch_unit, "config": names.watch_config}}
 
 
 def splice_context(stack: str) -> dict:

@@ -97,7 +97,7 @@ TimeoutStartSec={CHECK_EVERY_SECONDS * 2}
 ProtectSystem=strict
 ProtectHome=yes
 PrivateDevices=yes
-RestrictAddressFamilies=AF_INET AF_INET6
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
 """
 
 
