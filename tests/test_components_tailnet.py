@@ -6,22 +6,26 @@ from __future__ import annotations
 import copy
 import json
 import re
+from types import SimpleNamespace
 
+import pulumi
 import pytest
 
 from components.bootstrap import key_description
-from components.tailnet import tailnet_ipv4
+from components.tailnet import device_at, require_tag, tailnet_ipv4
 from mailgate.names import gateway_machine_name
 from mailgate.renderers.tailscale_policy import policy, render_policy_snippet
 from mailgate.settings import load_settings
 from tests import pulumi_harness as h
-from tests.pulumi_harness import run_program
+from tests.pulumi_harness import RecordingMocks, run_program
 
 KEY = "tailscale:index/tailnetKey:TailnetKey"
 ACL = "tailscale:index/acl:Acl"
 INSTANCE = "oci:Core/instance:Instance"
 OBJECT = "oci:ObjectStorage/storageObject:StorageObject"
 DEVICE = "tailscale:index/getDevice:getDevice"
+DEVICES = "tailscale:index/getDevices:getDevices"
+DEVICE_KEY = "tailscale:index/deviceKey:DeviceKey"
 
 
 def instance_id(run) -> str:
@@ -105,3 +109,79 @@ def test_a_chosen_prefix_still_gets_the_vm_suffix(dev_raw):
 def test_device_without_ipv4_is_an_error():
     with pytest.raises(ValueError, match="no tailnet IPv4"):
         tailnet_ipv4([h.GATEWAY_TAILNET_IPV6])
+
+
+def _device(name, *addresses, tags=()):
+    return SimpleNamespace(name=name, node_id=f"n{name}CNTRL", addresses=list(addresses), tags=list(tags))
+
+
+def test_the_home_device_is_the_one_at_its_tailnet_address():
+    minipc = _device("minipc", "100.64.0.2", "fd7a:115c:a1e0::2")
+    # 100.64.0.20 starts with 100.64.0.2: an address, not a prefix, must match.
+    laptop = _device("laptop", "100.64.0.20", "fd7a:115c:a1e0::20")
+    assert device_at([laptop, minipc], "100.64.0.2") is minipc
+    assert device_at([laptop, minipc], "100.64.0.20") is laptop
+    with pytest.raises(ValueError, match=re.escape(
+            "no device in the tailnet has 100.64.0.2 (mailgate:home.tailnetIp); is the Mini PC "
+            "logged in? `tailscale ip -4` on it prints its address")):
+        device_at([laptop], "100.64.0.2")
+    with pytest.raises(ValueError, match="no device"):
+        device_at([], "100.64.0.2")
+    twin = _device("minipc-old", "100.64.0.2")
+    with pytest.raises(ValueError, match=r"2 devices in the tailnet have 100.64.0.2 .*minipc, minipc-old"):
+        device_at([minipc, twin], "100.64.0.2")
+
+
+def test_a_home_tag_must_be_on_the_device():
+    require_tag(_device("minipc", "100.64.0.2", tags=["tag:mailhome"]), "tag:mailhome", "100.64.0.2")
+    with pytest.raises(ValueError, match=re.escape("sudo tailscale up --advertise-tags=tag:mailhome")):
+        require_tag(_device("minipc", "100.64.0.2", tags=["tag:other"]), "tag:mailhome", "100.64.0.2")
+
+
+def test_the_mini_pcs_key_expiry_is_turned_off_on_the_device_at_its_address(dev_raw):
+    assert dev_raw["home"]["tailnetIp"] == h.HOME_TAILNET_IPV4
+    run = run_program(dev_raw)
+    assert run.invoked(DEVICES) == [{}]  # the whole list; the address picks, not a name
+    key = run.inputs(DEVICE_KEY)
+    assert key == {"deviceId": h.HOME_NODE_ID, "keyExpiryDisabled": True}
+    assert run.options(DEVICE_KEY)["parent"].endswith("::tailnet")
+
+
+def _tailnet(devices) -> RecordingMocks:
+    def invokes(args):
+        if args.token == DEVICES:
+            return {"devices": devices}
+        return h.provider_invokes(args)
+    return RecordingMocks(invokes=invokes)
+
+
+def _tagged(raw, tag="tag:mailhome"):
+    raw = copy.deepcopy(raw)
+    raw["tailscale"]["homeTag"] = tag
+    return raw
+
+
+def test_a_tagged_mini_pc_gets_no_device_key_but_is_checked(dev_raw):
+    run = run_program(_tagged(dev_raw))  # the mocks' Mini PC carries tag:mailhome
+    assert run.of_type(DEVICE_KEY) == []
+    assert len(run.invoked(DEVICES)) == 1
+
+
+def test_a_home_tag_the_device_does_not_carry_stops_the_run(dev_raw):
+    recorder = _tailnet([h.tailnet_device("minipc", [h.HOME_TAILNET_IPV4], h.HOME_NODE_ID)])
+    with pytest.raises(pulumi.RunError) as error:
+        run_program(_tagged(dev_raw), recorder=recorder)
+    message = str(error.value)
+    assert message.startswith(f"the device at {h.HOME_TAILNET_IPV4} (minipc.tail0123.ts.net) "
+                              "does not carry tag:mailhome (mailgate:tailscale.homeTag)")
+    assert "`sudo tailscale up --advertise-tags=tag:mailhome`" in message
+    assert "Traceback" not in message
+
+
+def test_no_device_at_the_home_address_stops_the_run(dev_raw):
+    # The gateway's device only: the Mini PC is logged out or home.tailnetIp is mistyped.
+    recorder = _tailnet([h.TAILNET_DEVICES[-1]])
+    with pytest.raises(pulumi.RunError, match=re.escape(
+            f"no device in the tailnet has {h.HOME_TAILNET_IPV4} (mailgate:home.tailnetIp)")):
+        run_program(dev_raw, recorder=recorder)
+    assert not [r for r in recorder.resources if r.type == DEVICE_KEY]

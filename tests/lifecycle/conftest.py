@@ -28,6 +28,8 @@ class Lab:
         self.home = HomeMachine(directory / "home", list(MAILCOW_DIRS.values()),
                                 lambda path: FakeDocker(path, real_config=compose))
         self.world = World(directory, self.home, dev_raw["home"]["sshHost"])
+        # The Mini PC logged in to the tailnet as a user's device: its key expires.
+        self.home_device = self.world.tailnet.add("minipc", dev_raw["home"]["tailnetIp"], [])
         self.providers = Providers(self.world)
         self.engines: dict[str, Engine] = {}
         self.raw: dict[str, dict] = {}

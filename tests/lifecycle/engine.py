@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tests.lifecycle.program import run_program
-from tests.lifecycle.providers import BUCKET, COMMAND, INSTANCE, OBJECT, PAR, PUBLIC_IP, TAILNET_KEY, Providers
+from tests.lifecycle.providers import (BUCKET, COMMAND, DEVICE_KEY, INSTANCE, OBJECT, PAR, PUBLIC_IP,
+                                       TAILNET_KEY, Providers)
 from tests.lifecycle.world import StepFailed
 from tests.pulumi_harness import plain
 
@@ -54,6 +55,8 @@ REPLACE_ON: dict[str, tuple[str, ...]] = {
     PUBLIC_IP: ("lifetime",),
     # terraform-provider-tailscale resource_tailnet_key.go: every argument is ForceNew.
     TAILNET_KEY: ("*",),
+    # resource_device_key.go: device_id RequiresReplace; key_expiry_disabled is updatable.
+    DEVICE_KEY: ("deviceId",),
     # objectstorage_object_resource.go: bucket, namespace, content (and its metadata,
     # content_type, ...) ForceNew; object (the name) is updatable.
     OBJECT: ("bucket", "namespace", "content", "contentType", "metadata", "cacheControl"),

@@ -9,6 +9,10 @@ else `create`, with the NEW inputs (connection, stdin); Delete runs the OLD `del
 the OLD connection and stdin, and returns without connecting when `delete` is unset.
 commandOutputs.go run(): non-empty `stdin` is piped to every script, Delete's too.
 There is no Read: a refresh keeps a Command as it is.
+
+tailscale.DeviceKey follows terraform-provider-tailscale tailscale/resource_device_key.go:
+Create and Update set the device's key expiry as asked (SetKey); Delete sends an empty
+DeviceKey, i.e. key expiry back ON, whatever it was before.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ BUCKET = "oci:ObjectStorage/bucket:Bucket"
 PAR = "oci:ObjectStorage/preauthrequest:Preauthrequest"
 OBJECT = "oci:ObjectStorage/storageObject:StorageObject"
 HOST_KEY = "tls:index/privateKey:PrivateKey"
+DEVICE_KEY = "tailscale:index/deviceKey:DeviceKey"
 
 
 @dataclass
@@ -82,6 +87,10 @@ class Providers:
         if type_ == TAILNET_KEY:
             key = self.world.tailnet.mint(inputs)
             return f"key-{number}", {**inputs, "key": key.key}
+        if type_ == DEVICE_KEY:
+            self.world.tailnet.by_node_id(inputs["deviceId"]).key_expiry_disabled = bool(
+                inputs.get("keyExpiryDisabled"))
+            return inputs["deviceId"], dict(inputs)
         if type_ == HOST_KEY:
             private, public = new_ed25519_key()
             return f"host-key-{number}", {**inputs, "privateKeyOpenssh": private, "publicKeyOpenssh": public}
@@ -123,6 +132,9 @@ class Providers:
         if type_ == PUBLIC_IP:
             self.world.public_ips[old.outputs["ipAddress"]] = inputs["privateIpId"]
             return {**inputs, "ipAddress": old.outputs["ipAddress"]}
+        if type_ == DEVICE_KEY:
+            self.world.tailnet.by_node_id(inputs["deviceId"]).key_expiry_disabled = bool(
+                inputs.get("keyExpiryDisabled"))
         if type_ == OBJECT:  # a new name is a rename (TF Update calls PutObject/rename)
             objects = self._bucket(inputs)
             objects[inputs["object"]] = objects.pop(old.inputs["object"], inputs.get("content", ""))
@@ -138,6 +150,8 @@ class Providers:
         elif type_ == TAILNET_KEY:
             if key := self.world.tailnet.keys.get(old.outputs.get("key")):
                 key.revoked = True
+        elif type_ == DEVICE_KEY:
+            self.world.tailnet.by_node_id(old.inputs["deviceId"]).key_expiry_disabled = False
         elif type_ == BUCKET:
             if self.world.store.buckets.get(old.inputs["name"]):
                 raise StepFailed(f"{name}: 409 BucketNotEmpty")

@@ -246,6 +246,18 @@ def test_destroy_after_updates_restores_home_byte_for_byte(lab):
     assert [name for name, _ in lab.ran()] == [APPLY]  # the gateway step has no delete
 
 
+def test_the_mini_pcs_key_never_expires_while_deployed_and_destroy_gives_back_the_default(lab):
+    """Found by its tailnet address; destroy's DeviceKey delete turns expiry back on."""
+    assert not lab.home_device.key_expiry_disabled
+    assert_ok(up(lab), lab)
+    assert lab.home_device.key_expiry_disabled
+    assert_ok(up(lab), lab)
+    assert lab.last.ops() == {}
+    lab.engines["dev"].unprotect_all()
+    assert_ok(lab.destroy(), lab)
+    assert not lab.home_device.key_expiry_disabled
+
+
 def test_two_stacks_share_a_tailnet_and_a_home_without_touching_each_other(lab):
     assert_ok(up(lab, "dev"), lab)
     dev_home = lab.home.tree(str(MAILCOW_DIR)) | lab.home.tree("/var/lib/mailgate/dev")

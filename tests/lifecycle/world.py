@@ -59,6 +59,8 @@ class Device:
     tags: list[str]
     machine: GatewayMachine | None = None
     """The disk the node lives on; a new boot volume is a new node."""
+    node_id: str = ""
+    key_expiry_disabled: bool = False
 
 
 class Tailnet:
@@ -66,7 +68,8 @@ class Tailnet:
     joins until `expiry` seconds after it was made; a single-use key joins once; a joined
     node stays registered (tagged nodes never expire) until someone removes it, so a
     rebuilt VM is a second device. getDevice answers the FIRST device with that hostname,
-    as terraform-provider-tailscale's data source does."""
+    as terraform-provider-tailscale's data source does; getDevices lists them all. A
+    device's key expiry is on unless it is tagged or someone turned it off (a DeviceKey)."""
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
@@ -92,8 +95,20 @@ class Tailnet:
             raise StepFailed("tailscale up: invalid key: auth key already used")
         key.used = True
         number = next(self._numbers)
-        device = Device(hostname, f"100.64.{number // 256}.{number % 256}", key.tags, machine)
+        return self.add(hostname, f"100.64.{number // 256}.{number % 256}", key.tags, machine)
+
+    def add(self, hostname: str, address: str, tags: list[str],
+            machine: GatewayMachine | None = None) -> Device:
+        """A node that logged in (`tailscale up`)."""
+        device = Device(hostname, address, list(tags), machine,
+                        node_id=f"n{hostname}{len(self.devices)}CNTRL", key_expiry_disabled=bool(tags))
         self.devices.append(device)
+        return device
+
+    def by_node_id(self, node_id: str) -> Device:
+        device = next((d for d in self.devices if d.node_id == node_id), None)
+        if device is None:
+            raise StepFailed(f"404 device {node_id} not found")
         return device
 
     def first(self, hostname: str) -> Device | None:
@@ -257,6 +272,13 @@ class World:
                                  f"{args.get('hostname')!r}")
             return {"addresses": [device.address], "hostname": device.hostname,
                     "name": device.hostname, "tags": device.tags, "id": device.address}
+        if token == "tailscale:index/getDevices:getDevices":
+            return {"devices": [
+                {"addresses": [device.address], "hostname": device.hostname,
+                 "name": f"{device.hostname}.tail0123.ts.net", "tags": device.tags,
+                 "nodeId": device.node_id, "id": device.node_id,
+                 "keyExpiryDisabled": device.key_expiry_disabled}
+                for device in self.tailnet.devices]}
         if token == "oci:Core/getVnicAttachments:getVnicAttachments":
             instance = args["instanceId"]
             return {"vnicAttachments": [{"vnicId": f"vnic-of-{instance}", "instanceId": instance,
