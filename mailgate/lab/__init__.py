@@ -1,11 +1,11 @@
 """The lab: the whole mail path on one Linux machine, in network namespaces.
 
-    mglab-inet 198.51.100.7 ── veth ── 203.0.113.10 mglab-gw (nginx, rendered config)
+    mglab-inet 198.51.100.7 ── veth ── 203.0.113.10 mglab-gw (nginx, rendered config; watcher)
     (probes, and a sending Postfix)
                                         192.0.2.1 │ wg-gw 100.64.0.1
                                       WireGuard (wireguard-go), home dials out
                                         192.0.2.2 │ tailscale0 100.64.0.2
-                                               mglab-home: the Mini PC's host side.
+                                               mglab-home: the Mini PC's host side (watcher).
                                                tailscaled's ts-input/ts-forward chains,
                                                Docker 28's chains and DNAT publishing the
                                                ports, the rendered home filter (raw),
@@ -17,6 +17,12 @@
     mglab-home 192.0.2.5 ── veth ── 192.0.2.6 mglab-spoof, wg-spoof 100.64.0.3
                                                (a second tailnet peer, would-be spoofer)
     mglab-home 192.0.2.9 ── veth ── 192.0.2.25 mglab-relay (Postfix + SASL, the smart relay)
+    mglab-gw  192.0.2.13 ── veth ── 192.0.2.25 mglab-relay (the same address on a second link)
+
+The relay is reached from both ends, as Brevo is over the internet: home's Postfix and
+watcher, and the gateway's watcher with its own key. Home reaches the gateway's public
+address 203.0.113.10 over the underlay (a host route), as the Mini PC reaches the VM's
+public address, so home's watcher checks what a client reaches.
 
 Only documentation and CGNAT ranges, host routes only, no default route anywhere:
 nothing the lab sends can leave it.
@@ -37,6 +43,7 @@ GATEWAY_UNDERLAY, HOME_UNDERLAY = "192.0.2.1", "192.0.2.2"
 HOME_SPOOF_UNDERLAY, SPOOF_UNDERLAY = "192.0.2.5", "192.0.2.6"
 # The stand-in for the smart relay, reached from home over the (simulated) internet.
 HOME_RELAY_UNDERLAY, RELAY_IP = "192.0.2.9", "192.0.2.25"
+GATEWAY_RELAY_UNDERLAY = "192.0.2.13"  # the gateway's side of its own link to the relay
 GATEWAY_TAILNET, HOME_TAILNET, SPOOF_TAILNET = "100.64.0.1", "100.64.0.2", "100.64.0.3"
 HOME_TUNNEL = "tailscale0"  # the name tailscaled gives its interface, which its rules match
 # Docker's bridge for Mailcow (its compose network is called br-mailcow) and the one

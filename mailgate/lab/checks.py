@@ -7,29 +7,19 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 from mailgate.lab import (
     CLIENT_IP, DEFAULT_IMAP_IDLE, GATEWAY, GATEWAY_TAILNET, HOME, HOME_TAILNET, INET, NAMESPACES, MAIL_PASSWORD, MAIL_USER,
     PUBLIC_IP, SHORT_CUT_MARGIN, SHORT_IDLE_MARGIN, SHORT_IMAP_TIMEOUT, SPOOF,
 )
-from mailgate.lab import docker_rules, tailnet, topology
+from mailgate.lab import docker_rules, tailnet, topology, watchers
 from mailgate.lab.daemons import DOVECOT_LOG, IMAP_TIMEOUT, POSTFIX_LOG, RELAY_LOG, SENDER_DIR, SENDER_LOG
+from mailgate.lab.result import Result
 from mailgate.lab.system import LabError, alive, recorded_pids, run, wait_for
 from mailgate.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent.parent
-
-
-@dataclass
-class Result:
-    name: str
-    passed: bool
-    detail: str
-
-    def line(self) -> str:
-        return f"{'PASS' if self.passed else 'FAIL'}  {self.name}: {self.detail}"
 
 
 def probe(namespace: str, action: str, *args: object) -> dict:
@@ -323,6 +313,9 @@ def run_checks(settings: Settings, imap_idle: float | None = None) -> list[Resul
         results += filter_holds_after_restarts(settings)
         results.append(gateway_survives_home_outage())
         results.append(queued_during_outage_then_delivered_once())
+        # Last: the watchers probe every port, which the log-reading checks above must not see.
+        results += watchers.flapping_sends_nothing(settings)
+        results += watchers.outage_alerts_once_then_recovers(settings)
     finally:
         idle_sessions.stop()
     return results

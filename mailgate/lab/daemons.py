@@ -13,6 +13,11 @@ What the lab substitutes, and why (nothing else is changed):
   (through the renderer's `idle_seconds`), so `check` can watch nginx enforce it.
 - The tailnet policy snippet is enforced by iptables on home (see tailnet.py), since the
   lab's tunnel is bare WireGuard without Tailscale's packet filter.
+- The relay (Brevo's stand-in) has a certificate for settings.relay.host from a CA made
+  for the lab; the watchers verify it against that CA (`watch.py --ca-file RELAY_CA`),
+  which stands in for the hosts' system CA store. The relay takes two keys for the one
+  login (the relay password and the gateway's alert key) and logs every Subject, so a
+  check can count the watchers' messages. How the watchers run is in watchers.py.
 """
 
 from __future__ import annotations
@@ -42,16 +47,38 @@ NGINX_CONF = GATEWAY_DIR / "nginx.conf"
 IMAP_TIMEOUT = GATEWAY_DIR / "imap-timeout"  # the IMAP proxy_timeout rendered for nginx (before any nginx_edit)
 RELAY_DIR = STATE / "relay"
 RELAY_LOG = RELAY_DIR / "postfix.log"
+RELAY_TLS = RELAY_DIR / "tls"
+RELAY_CA = RELAY_TLS / "ca.pem"
 HOSTS = STATE / "hosts"
 SENDER_DIR = STATE / "inet" / "postfix"
 SENDER_LOG = STATE / "inet" / "postfix.log"
 LAB_RELAY_PASSWORD = "lab-relay-password"
+LAB_ALERTS_RELAY_PASSWORD = "lab-gateway-alert-key"  # the secret mailgate:alertsRelayPassword
 
 
 def make_tls() -> None:
     TLS.mkdir(parents=True, exist_ok=True)
     run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
          "-subj", "/CN=mail.example.com", "-keyout", str(TLS / "key.pem"), "-out", str(TLS / "cert.pem")])
+
+
+def make_relay_tls(relay_host: str) -> None:
+    """A CA and, signed by it, a certificate for the relay's host name (SAN), as a
+    client that verifies (Python's ssl, strict X.509 checks included) requires."""
+    RELAY_TLS.mkdir(parents=True)
+    ca_key, key, request = RELAY_TLS / "ca.key", RELAY_TLS / "key.pem", RELAY_TLS / "cert.csr"
+    run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=mailgate lab CA", "-keyout", str(ca_key), "-out", str(RELAY_CA),
+         "-addext", "basicConstraints=critical,CA:TRUE",
+         "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+    run(["openssl", "req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={relay_host}",
+         "-keyout", str(key), "-out", str(request)])
+    extensions = RELAY_TLS / "extensions.cnf"
+    extensions.write_text(f"subjectAltName=DNS:{relay_host}\nbasicConstraints=critical,CA:FALSE\n"
+                          "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+                          "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid:always\n")
+    run(["openssl", "x509", "-req", "-in", str(request), "-CA", str(RELAY_CA), "-CAkey", str(ca_key),
+         "-CAcreateserial", "-days", "2", "-extfile", str(extensions), "-out", str(RELAY_TLS / "cert.pem")])
 
 
 def lab_extra_cf(settings: Settings) -> str:
@@ -140,14 +167,20 @@ def start_gateway(settings: Settings, nginx_edit=None, imap_timeout: int | None 
 
 
 def start_relay(settings: Settings) -> None:
-    """The smart relay's stand-in: STARTTLS + SASL (a Dovecot auth service) on 587."""
+    """The smart relay's stand-in: STARTTLS + SASL (a Dovecot auth service) on 587, with
+    a certificate for the relay's name. One login, two keys, as Brevo gives them: Dovecot
+    tries its passdbs in order and goes on to the next after a wrong password."""
+    make_relay_tls(settings.relay.host)
     auth = RELAY_DIR / "dovecot"
     (auth / "var-lib").mkdir(parents=True)
-    (auth / "users").write_text(f"{settings.relay.username}:{{PLAIN}}{LAB_RELAY_PASSWORD}\n")
+    passdbs = []
+    for name, key in (("relay-password", LAB_RELAY_PASSWORD), ("alerts-relay-password", LAB_ALERTS_RELAY_PASSWORD)):
+        (auth / name).write_text(f"{settings.relay.username}:{{PLAIN}}{key}\n")
+        passdbs.append(auth / name)
     conf = auth / "dovecot.conf"
     socket_path = auth / "auth-client"
     conf.write_text(render_template("lab/auth-dovecot.conf.j2", dir=auth, instance="mglab-relay-auth",
-                                    uid=MAIL_UID, socket=socket_path))
+                                    uid=MAIL_UID, socket=socket_path, passdbs=passdbs))
     spawn("relay-dovecot", ["sh", "-c", f"mount --bind {auth / 'var-lib'} /var/lib/dovecot && "
                             f"exec dovecot -F -c {conf}"], RELAY)
     wait_for(socket_path.exists, "the relay's SASL socket", timeout=15)
@@ -155,8 +188,10 @@ def start_relay(settings: Settings) -> None:
     for sub in ("queue", "data"):
         (postfix / sub).mkdir(parents=True)
     shutil.chown(postfix / "data", "postfix")
+    # Each message's Subject goes to the log (with the client's address), to be counted.
+    (postfix / "header_checks").write_text("/^Subject:/ WARN\n")
     (postfix / "main.cf").write_text(render_template(
-        "lab/relay-main.cf.j2", dir=postfix, relay_host=settings.relay.host, tls=TLS,
+        "lab/relay-main.cf.j2", dir=postfix, relay_host=settings.relay.host, tls=RELAY_TLS,
         auth_socket=socket_path, log=RELAY_LOG))
     (postfix / "master.cf").write_text(render_template("lab/master.cf.j2"))
     run(["postfix", "-c", str(postfix), "start"], RELAY)

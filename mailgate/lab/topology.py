@@ -4,7 +4,7 @@ Mailcow's "container" namespace (Docker's bridge, as a veth)."""
 from __future__ import annotations
 
 from mailgate.lab import (
-    BRIDGE, BRIDGE_IP, CONTAINER_IP, HOME_TUNNEL, MAILCOW, CLIENT_IP, GATEWAY, HOME_RELAY_UNDERLAY, RELAY, RELAY_IP, GATEWAY_TAILNET, GATEWAY_UNDERLAY, HOME, HOME_SPOOF_UNDERLAY,
+    BRIDGE, BRIDGE_IP, CONTAINER_IP, HOME_TUNNEL, MAILCOW, CLIENT_IP, GATEWAY, HOME_RELAY_UNDERLAY, RELAY, RELAY_IP, GATEWAY_RELAY_UNDERLAY, GATEWAY_TAILNET, GATEWAY_UNDERLAY, HOME, HOME_SPOOF_UNDERLAY,
     HOME_TAILNET, HOME_UNDERLAY, INET, NAMESPACES, PUBLIC_IP, SPOOF, SPOOF_TAILNET,
     SPOOF_UNDERLAY, STATE, WG_PORT,
 )
@@ -16,7 +16,13 @@ LINKS = (
     (GATEWAY, "gw-home", GATEWAY_UNDERLAY, HOME, "home-gw", HOME_UNDERLAY),
     (HOME, "home-spoof", HOME_SPOOF_UNDERLAY, SPOOF, "spoof-home", SPOOF_UNDERLAY),
     (HOME, "home-relay", HOME_RELAY_UNDERLAY, RELAY, "relay-home", RELAY_IP),
+    # The relay's one address again on a second link: the gateway's watcher sends its
+    # alert there without passing through home.
+    (GATEWAY, "gw-relay", GATEWAY_RELAY_UNDERLAY, RELAY, "relay-gw", RELAY_IP),
 )
+# Host routes beyond each link's far end: (namespace, destination, interface). Home's
+# watcher checks the gateway's public address, which the gateway answers on any link.
+ROUTES = ((HOME, PUBLIC_IP, "home-gw"),)
 # Interface names are distinct because wireguard-go's control sockets live in one
 # /var/run/wireguard shared by every namespace.
 TUNNELS = {GATEWAY: ("wg-gw", GATEWAY_TAILNET), HOME: (HOME_TUNNEL, HOME_TAILNET),
@@ -39,6 +45,8 @@ def create_namespaces() -> None:
             run(["ip", "link", "set", interface, "up"], namespace)
             # A host route to the far end only: there is no default route anywhere.
             run(["ip", "route", "add", f"{peer}/32", "dev", interface], namespace)
+    for namespace, destination, interface in ROUTES:
+        run(["ip", "route", "add", f"{destination}/32", "dev", interface], namespace)
     _create_container_link()
 
 

@@ -55,7 +55,10 @@ def test_up_check_down_through_the_command_line():
     check = mailgate("check")
     print(check.stdout)
     assert check.returncode == 0, check.stdout
-    assert check.stdout.splitlines()[-1] == "25 passed, 0 failed"
+    assert check.stdout.splitlines()[-1] == "29 passed, 0 failed"
+    for end in ("the gateway's", "home's"):  # the watcher pair, against the lab's relay
+        assert f"): {end} watcher sends one alert, then one recovery, through the relay: relay saw 1 alert(s), 1 recovery(ies)" in check.stdout
+        assert f"PASS  tunnel flapping (3 outages, each seen at 2 runs, threshold 5 s): {end} watcher sends nothing" in check.stdout
     assert "PASS  after tailscaled and Docker restarts, a second tailnet peer gets no banner from any twin" in check.stdout
     assert "PASS  IMAP session idle 8 s through the gateway stays open" in check.stdout
     assert "PASS  IMAP session idle 14 s is cut at the configured 10 s" in check.stdout
@@ -174,3 +177,18 @@ def test_when_nginx_ignores_the_configured_imap_timeout_the_idle_check_fails(dev
         lab.down()
     assert survives.passed, survives.detail
     assert not cut.passed and "'open': True" in cut.detail, cut.detail
+
+
+def test_a_gateway_watcher_with_the_wrong_relay_key_gets_no_alert_through(dev_settings):
+    # The relay takes the relay password and the gateway's own alert key; with any other
+    # key the gateway's alert and recovery never reach it, and the outage check says so.
+    from mailgate.lab.watchers import outage_alerts_once_then_recovers
+
+    lab.up(dev_settings)
+    try:
+        gateway, home = outage_alerts_once_then_recovers(lab.lab_settings(dev_settings), gateway_key="not-the-alert-key")
+    finally:
+        lab.down()
+    assert not gateway.passed and "relay saw 0 alert(s), 0 recovery(ies) from 192.0.2.13" in gateway.detail, gateway.detail
+    assert "authentication failed" in gateway.detail, gateway.detail
+    assert home.passed, home.detail
