@@ -524,7 +524,8 @@ class TailscaleSettings(Strict):
     home_tag: str | None = Field(
         None,
         description="ACL tag of the Mini PC, if it is tagged; the policy snippet then names it "
-        "instead of its address.",
+        "instead of its address, and mailgate checks that the device carries it and leaves its "
+        "key expiry alone (tagged devices never expire).",
     )
     gateway_hostname: str | None = Field(
         None,

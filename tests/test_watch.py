@@ -206,6 +206,7 @@ def test_the_program_keeps_its_state_and_never_prints_the_relay_key(tmp_path):
     assert PASSWORD not in result.stdout + result.stderr
     state = json.loads((tmp_path / "state.json").read_text())
     assert state["down_since"] > 0 and not state.get("alerted")
+    assert oct((tmp_path / "state.json").stat().st_mode & 0o777) == "0o600"
     (tmp_path / "state.json").write_text("{not json")
     assert run_main(tmp_path, config).returncode == 0
     assert json.loads((tmp_path / "state.json").read_text())["down_since"] > 0

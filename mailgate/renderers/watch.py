@@ -60,7 +60,7 @@ def render_watch_config(settings: Settings, end: str, deployment: Deployment, re
             "kind": "smtp", "host": relay.host, "port": relay.port,
             "tls": "implicit" if relay.port in IMPLICIT_TLS_RELAY_PORTS else "starttls",
             "username": relay.username, "password": relay_password,
-            "from": settings.alert_sender, "to": settings.alerts.to,
+            "from": settings.alert_sender, "to": settings.alerts.to, "helo": settings.mail_hostname,
         })
     if webhook_url is not None:
         channels.append({"kind": "webhook", "url": webhook_url})

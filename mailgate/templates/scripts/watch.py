@@ -80,10 +80,13 @@ def send_mail(channel: dict, subject: str, body: str, ca_file: str | None) -> No
     message.set_content(body)
     context = ssl.create_default_context(cafile=ca_file)
     timeout = 30
+    # The mail host's name in EHLO: the host's own may be a bare label or unresolvable.
+    helo = channel.get("helo")
     if channel["tls"] == "implicit":
-        client = smtplib.SMTP_SSL(channel["host"], channel["port"], timeout=timeout, context=context)
+        client = smtplib.SMTP_SSL(channel["host"], channel["port"], local_hostname=helo, timeout=timeout,
+                                  context=context)
     else:
-        client = smtplib.SMTP(channel["host"], channel["port"], timeout=timeout)
+        client = smtplib.SMTP(channel["host"], channel["port"], local_hostname=helo, timeout=timeout)
     with client:
         if channel["tls"] != "implicit":
             client.starttls(context=context)
@@ -173,7 +176,8 @@ def read_state(path: str) -> dict:
 
 def write_state(path: str, state: dict) -> None:
     partial = f"{path}.new"
-    with open(partial, "w", encoding="utf-8") as handle:
+    # Its own only: it names the addresses that failed and when.
+    with open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as handle:
         json.dump(state, handle)
         handle.flush()
         os.fsync(handle.fileno())
