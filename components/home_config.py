@@ -54,7 +54,7 @@ class HomeConfig(pulumi.ComponentResource):
             gateway_ip, public_ipv4, password, webhook = values
             deployment = Deployment(gateway_tailnet_ip=gateway_ip, public_ipv4=public_ipv4)
             return home_bundle(settings, home_files(settings, deployment, Secrets(
-                relay_password=password, alerts_webhook_url=webhook)))
+                relay_password=password, alerts_webhook_url=webhook)), deployment)
 
         payload = pulumi.Output.secret(pulumi.Output.all(
             args.gateway_tailnet_ip, args.public_ipv4, args.relay_password, args.alerts_webhook_url).apply(bundle))

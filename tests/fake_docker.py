@@ -29,6 +29,12 @@ The contract it keeps (docker/compose `cmd/compose/create.go` recreateStrategy a
   root, in a private mount namespace where S's bind mounts of Mailcow's configuration
   (EXEC_MOUNTS) are mounted, with stdin passed on: the host's own postconf, postmap and
   doveconf then check the files the way the container would.
+- `compose exec [-T] [-e K=V] redis-mailcow CMD...` runs CMD here in the environment
+  redis-mailcow has (REDISPASS, Mailcow's docker-compose.yml; not the caller's), with a
+  stand-in `redis-cli` first on PATH. That one keeps Redis's hashes per Mailcow directory
+  in a file beside this script (HSET, HDEL, HEXISTS, HGETALL, with --raw's replies), and
+  asks for the password as Redis with `requirepass` does (REDISCLI_AUTH or -a; empty:
+  none). Its calls go to a log of their own.
 - Coarser than Compose: Compose compares each service's resolved definition, so a
   mailcow.conf change that no variable of S uses leaves S alone; here it recreates S.
 
@@ -70,6 +76,10 @@ EXEC_MOUNTS = {
 GLOBAL_OPTIONS_WITH_VALUE = ("-f", "--file", "--env-file", "--project-directory", "-p", "--project-name",
                              "--profile", "--ansi", "--progress")
 VERSION = "2.29.7"
+REDIS = "redis-mailcow"
+REDIS_PASSWORD = "fake-REDISPASS-0f9c1d3e"
+REDIS_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+EXEC_OPTIONS_WITH_VALUE = ("-e", "--env", "-u", "--user", "-w", "--workdir", "--index")
 
 # Mounts EXEC_MOUNTS' pairs (given as arguments: SOURCE TARGET ..., then --, then the
 # command) in the private namespace of `unshare -m`; a target whose top directory holds no
@@ -162,9 +172,97 @@ def _exec_locally(mailcow_dir: Path, args: list[str]) -> int:
                            "mount-and-run", *mounts, "--", *command], check=False).returncode
 
 
+@contextmanager
+def _redis_store(script: Path):
+    """Redis's keys of every Mailcow directory, {cwd: {key: {field: value}}}, under a lock."""
+    store = Path(f"{script}.redis.json")
+    with open(f"{script}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = json.loads(store.read_text()) if store.exists() else {}
+        yield data
+        temporary = Path(f"{store}.new")
+        temporary.write_text(json.dumps(data, indent=1, sort_keys=True))
+        temporary.replace(store)
+
+
+def _exec_redis(script: Path, cwd: str, args: list[str]) -> int:
+    """`compose exec` in redis-mailcow: CMD with the container's environment (and -e's)."""
+    env = {"PATH": f"{script}.bin:{REDIS_PATH}", "HOME": "/data", "REDISPASS": Path(f"{script}.redispass").read_text(),
+           "MAILGATE_FAKE_REDIS_DIR": cwd}
+    command, skip = [], False
+    for index, arg in enumerate(args):
+        if skip:
+            skip = False
+            if args[index - 1] in ("-e", "--env"):
+                key, _, value = arg.partition("=")
+                env[key] = value if "=" in arg else os.environ.get(key, "")
+        elif arg in EXEC_OPTIONS_WITH_VALUE:
+            skip = True
+        elif not arg.startswith("-"):
+            command = args[index + 1:]
+            break
+    return subprocess.run(command, env=env, check=False).returncode
+
+
+def redis_cli(argv: list[str]) -> int:
+    """The stand-in redis-cli inside redis-mailcow (see the module's docstring)."""
+    script = Path(__file__).resolve()
+    with open(f"{script}.redis-cli.log", "a") as log:
+        log.write(json.dumps({"args": argv, "auth_env": "REDISCLI_AUTH" in os.environ}) + "\n")
+    password, auth, raw = os.environ.get("REDISPASS", ""), os.environ.get("REDISCLI_AUTH"), False
+    while argv and argv[0].startswith("-"):
+        if argv[0] == "-a":
+            auth, argv = argv[1], argv[2:]
+            continue
+        raw = raw or argv[0] == "--raw"
+        argv = argv[1:]
+    if auth is not None and not password:
+        print("AUTH failed: ERR AUTH <password> called without any password configured for the default user. "
+              "Are you sure your configuration is correct?", file=sys.stderr)
+    elif password and auth != password:
+        if auth is not None:
+            print("AUTH failed: WRONGPASS invalid username-password pair or user is disabled.", file=sys.stderr)
+        print("NOAUTH Authentication required." if raw else "(error) NOAUTH Authentication required.")
+        return 1
+    if not argv:
+        print("fake redis-cli: no command (interactive mode is not modelled)", file=sys.stderr)
+        return 2
+    command, args = argv[0].upper(), argv[1:]
+    with _redis_store(script) as data:
+        keys = data.setdefault(os.environ["MAILGATE_FAKE_REDIS_DIR"], {})
+        if command == "HSET" and len(args) >= 3 and len(args) % 2 == 1:
+            table = keys.setdefault(args[0], {})
+            pairs = list(zip(args[1::2], args[2::2]))
+            reply = sum(field not in table for field, _ in pairs)
+            table.update(pairs)
+        elif command == "HDEL" and len(args) >= 2:
+            table = keys.get(args[0], {})
+            reply = sum(table.pop(field, None) is not None for field in args[1:])
+            if not table:
+                keys.pop(args[0], None)
+        elif command == "HEXISTS" and len(args) == 2:
+            reply = int(args[1] in keys.get(args[0], {}))
+        elif command == "HGETALL" and len(args) == 1:
+            table = keys.get(args[0], {})
+            if raw:
+                print("\n".join(part for pair in sorted(table.items()) for part in pair))
+            else:
+                print("\n".join(f'{n}) "{part}"' for n, part in enumerate(
+                    (p for pair in sorted(table.items()) for p in pair), 1)) or "(empty array)")
+            return 0
+        else:
+            print(f"ERR unknown command or wrong number of arguments for '{argv[0]}'" if raw else
+                  f"(error) ERR unknown command or wrong number of arguments for '{argv[0]}'")
+            return 1
+    print(reply if raw else f"(integer) {reply}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     script = Path(__file__).resolve()
     program = Path(sys.argv[0]).name
+    if program == "redis-cli":
+        return redis_cli(argv)
     if program == "docker-compose":
         argv = ["compose", *argv]
     cwd = os.path.realpath(os.getcwd())
@@ -193,6 +291,8 @@ def main(argv: list[str]) -> int:
     if command == "version":
         print(VERSION if "--short" in args else f"Docker Compose version v{VERSION}")
         return 0
+    if command == "exec" and REDIS in args:
+        return _exec_redis(script, cwd, args)
     if command == "exec" and Path(f"{script}.exec-locally").exists():
         return _exec_locally(Path(cwd), args)
     real_config = Path(f"{script}.real-config")
@@ -228,11 +328,17 @@ class FakeDocker:
     """The stand-in installed as an executable at `path` (pass str(path) as `docker`)."""
 
     def __init__(self, path: Path | str, plugin: bool = True, exec_locally: bool = False,
-                 real_config: str | None = None):
+                 real_config: str | None = None, redis_password: str = REDIS_PASSWORD):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(__file__, self.path)
         self.path.chmod(0o755)
+        # redis-mailcow's REDISPASS ("": an older Mailcow's Redis, without a password).
+        Path(f"{self.path}.redispass").write_text(redis_password)
+        cli = Path(f"{self.path.resolve()}.bin/redis-cli")
+        cli.parent.mkdir(exist_ok=True)
+        if not cli.is_symlink():
+            cli.symlink_to(self.path.resolve())
         for flag, wanted in (("no-plugin", not plugin), ("exec-locally", exec_locally)):
             marker = Path(f"{self.path}.{flag}")
             if wanted:
@@ -270,6 +376,24 @@ class FakeDocker:
         entries = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
         wanted = os.path.realpath(mailcow_dir) if mailcow_dir is not None else None
         return [" ".join(e["args"]) for e in entries if wanted is None or e["cwd"] == wanted]
+
+    def redis_hash(self, mailcow_dir: Path | str, key: str) -> dict[str, str]:
+        """A hash in redis-mailcow of that Mailcow (HGETALL), {} when it has none."""
+        store = Path(f"{self.path.resolve()}.redis.json")
+        data = json.loads(store.read_text()) if store.exists() else {}
+        return data.get(os.path.realpath(mailcow_dir), {}).get(key, {})
+
+    def redis_cli(self, mailcow_dir: Path | str, *args: str) -> subprocess.CompletedProcess:
+        """`redis-cli ARGS` in that Mailcow's redis-mailcow, authenticated as its containers are."""
+        return subprocess.run(
+            [str(self.path), "compose", "exec", "-T", REDIS, "sh", "-c",
+             'REDISCLI_AUTH="$REDISPASS" exec redis-cli --raw "$@"', "redis-cli", *args],
+            cwd=mailcow_dir, capture_output=True, text=True, check=False)
+
+    def redis_calls(self) -> list[dict]:
+        """Each redis-cli call: {"args": [...], "auth_env": whether REDISCLI_AUTH was set}."""
+        log = Path(f"{self.path.resolve()}.redis-cli.log")
+        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
     def container(self, mailcow_dir: Path | str, name: str) -> Container:
         record = self._records(mailcow_dir).get(name)

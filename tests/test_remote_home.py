@@ -24,6 +24,7 @@ from mailgate.managed_block import markers
 from mailgate.renderers.remote_scripts import (
     DOVECOT,
     POSTFIX,
+    REDIS,
     IPV6_FILTER_SKIPPED,
     HostCommands,
     home_bundle,
@@ -31,7 +32,7 @@ from mailgate.renderers.remote_scripts import (
     render_home_restore,
 )
 from tests.conftest import need_program
-from tests.fake_docker import Container, FakeDocker
+from tests.fake_docker import REDIS_PASSWORD, Container, FakeDocker
 from tests.settings_variants import variant
 from tests.sshd import PLAIN_LOGIN, SUDO_LOGIN, start_sshd
 from tests.validators import MAILCOW_LIKE_COMPOSE, Netns
@@ -106,14 +107,14 @@ class Home:
         at the end of mailgate's block in that file (a mistake in what mailgate sends)."""
         settings = settings or self.settings
         commands = commands or self.commands
-        files = home_files(settings, Deployment(gateway_tailnet_ip=gateway_tailnet_ip),
-                           Secrets(relay_password=password))
+        deployment = Deployment(gateway_tailnet_ip=gateway_tailnet_ip)
+        files = home_files(settings, deployment, Secrets(relay_password=password))
         end = markers(settings.names.stack)[1] + "\n"
         for name, lines in (mistakes or {}).items():
             files = [dataclasses.replace(f, text=f.text.replace(end, lines + end)) if f.path.endswith(f"/{name}") else f
                      for f in files]
         self.docker.fail_on(fail_on)
-        return self.run(render_home_apply(settings, files, commands), home_bundle(settings, files))
+        return self.run(render_home_apply(settings, files, commands), home_bundle(settings, files, deployment))
 
     def systemctl_kills(self, kills: bool = True) -> None:
         """The next systemctl call terminates the script that made it."""
@@ -140,6 +141,14 @@ class Home:
 
     def container(self, name: str):
         return self.docker.container(self.mailcow, name)
+
+    def whitelist(self) -> dict[str, str]:
+        """Mailcow's fail2ban allowlist, F2B_WHITELIST in redis-mailcow."""
+        return self.docker.redis_hash(self.mailcow, "F2B_WHITELIST")
+
+    def whitelist_record(self) -> str:
+        return (self.root / self.settings.names.home_state_dir.lstrip("/") / "fail2ban-whitelist").read_text()
+
 
     def serving(self) -> dict[str, bool]:
         """Whether each container serves the definition and mounted files on disk now."""
@@ -198,7 +207,7 @@ def test_first_apply_writes_merges_validates_and_recreates(home):
     assert oct(password_map.stat().st_mode & 0o777) == "0o640"
     calls = home.docker_calls()
     # Checked before anything went live: the staged files, not the live ones.
-    validated = [c for c in calls if " config -q" in c or c.startswith("compose exec")]
+    validated = [c for c in calls if " config -q" in c or c.startswith("compose exec") and REDIS not in c]
     assert len(validated) == 3 and calls.index(validated[-1]) < calls.index(
         "compose up -d --force-recreate dovecot-mailcow postfix-mailcow")
     assert validated[0].startswith("compose --env-file /tmp/") and "/mailcow.conf -f docker-compose.yml -f" in validated[0]
@@ -218,7 +227,9 @@ def test_second_apply_changes_nothing_and_restarts_nothing(home):
     assert again.returncode == 0 and "already up to date" in again.stdout
     assert home.tree() == before
     assert {p: p.stat().st_ino for p in home.root.rglob("*") if p.is_file()} == inodes
-    assert len(home.docker_calls()) == calls
+    # One look at Mailcow's fail2ban whitelist, which holds the gateway already.
+    assert [c.rsplit(" redis-cli ", 1)[-1] for c in home.docker_calls()[calls:]] == [
+        f"HEXISTS F2B_WHITELIST {GATEWAY_TAILNET_IP}/32"]
     assert home.serving() == BOTH_SERVING
     assert home.chain_hooked()  # once, still first
 
@@ -575,9 +586,11 @@ def test_the_docker_stand_in_applies_a_mounted_file_only_on_a_restart(tmp_path):
 def test_a_login_without_root_or_sudo_stops_at_once_and_changes_nothing(tmp_path, dev_settings, login):
     with running_home(tmp_path, dev_settings, "mg5p", login(PLAIN_LOGIN)) as home:
         before, calls = home.tree(without_state=False), home.docker.calls()
-        files = home_files(dev_settings, Deployment(gateway_tailnet_ip=GATEWAY_TAILNET_IP),
-                           Secrets(relay_password=PASSWORD))
-        result = home.run(render_home_apply(dev_settings, files, home.commands), home_bundle(dev_settings, files))
+        deployment = Deployment(gateway_tailnet_ip=GATEWAY_TAILNET_IP)
+        files = home_files(dev_settings, deployment, Secrets(relay_password=PASSWORD))
+        result = home.run(render_home_apply(dev_settings, files, home.commands),
+                          home_bundle(dev_settings, files, deployment))
+
         assert result.returncode == 1
         assert result.stderr.strip().splitlines() == [
             f"mailgate: {PLAIN_LOGIN}@{socket.gethostname()} is neither root nor allowed "
@@ -629,9 +642,9 @@ def test_standalone_docker_compose_is_used_when_the_plugin_is_missing(home, tmp_
     result = home.apply(commands=commands)
     assert result.returncode == 0, result.stderr
     assert home.serving() == BOTH_SERVING
-    used = home.docker.programs()[calls:]
-    assert "docker-compose" in used and home.docker.calls()[-1].startswith("compose up -d")
-    assert home.docker.programs()[-1] == "docker-compose"
+    used = list(zip(home.docker.programs(), home.docker.calls()))[calls:]
+    assert ("docker-compose", "compose up -d --force-recreate dovecot-mailcow postfix-mailcow") in used
+    assert {program for program, call in used if call.startswith("compose ") and call != "compose"} == {"docker-compose"}
     # Neither: stop before anything changes.
     before = home.tree(without_state=False)
     nothing = dataclasses.replace(home.commands, docker_compose=str(tmp_path / "bin/missing"))
@@ -735,3 +748,140 @@ def test_a_timer_that_will_not_start_undoes_the_whole_run(home, dev_raw, tmp_pat
     # Every file as before, the containers back on them, the timer set as the old config says.
     assert home.tree() == before and home.serving() == serving
     assert watch_calls(home)[-1] == f"disable --now {home.settings.names.watch_unit}.timer"
+
+
+
+# Issue 13, item 3: Mailcow's fail2ban bans by packet source, and every client comes from
+# the gateway's tailnet address, which it does not count as private: the gateway is kept
+# in its allowlist (F2B_WHITELIST in redis-mailcow).
+GATEWAY_ENTRY = f"{GATEWAY_TAILNET_IP}/32"
+USER_ENTRY = "192.0.2.0/24"
+
+
+def redis_writes(home: Home, since: int = 0) -> list[str]:
+    """The redis-cli calls that change a key, oldest first ("HSET F2B_WHITELIST ...")."""
+    return [" ".join(c["args"][1:]) for c in home.docker.redis_calls()[since:] if c["args"][1] in ("HSET", "HDEL")]
+
+
+def test_the_gateway_is_whitelisted_once(home):
+    result = home.apply()
+    assert result.returncode == 0, result.stderr
+    assert home.whitelist() == {GATEWAY_ENTRY: "1"}
+    # A ban of the gateway in force is lifted, as Mailcow's UI does when it whitelists.
+    assert home.docker.redis_hash(home.mailcow, "F2B_QUEUE_UNBAN") == {GATEWAY_ENTRY: "1"}
+    assert f"mailgate: {GATEWAY_ENTRY} (the gateway) added to Mailcow's fail2ban whitelist" in result.stdout
+    assert home.whitelist_record() == f"{GATEWAY_ENTRY} added\n"
+    writes = len(home.docker.redis_calls())
+    again = home.apply()
+    assert again.returncode == 0 and "already up to date" in again.stdout
+    assert redis_writes(home, writes) == [] and home.whitelist() == {GATEWAY_ENTRY: "1"}
+
+
+def test_a_new_gateway_moves_the_entry_and_destroy_takes_exactly_it_out(home):
+    assert home.docker.redis_cli(home.mailcow, "HSET", "F2B_WHITELIST", USER_ENTRY, "1").stdout == "1\n"
+    assert home.apply().returncode == 0
+    assert home.whitelist() == {USER_ENTRY: "1", GATEWAY_ENTRY: "1"}
+    result = home.apply(gateway_tailnet_ip="100.64.0.9")  # a rebuilt VM
+    assert result.returncode == 0, result.stderr
+    assert home.whitelist() == {USER_ENTRY: "1", "100.64.0.9/32": "1"}
+    assert home.whitelist_record() == "100.64.0.9/32 added\n"
+    # The user removed it by hand: the next run that goes puts it back.
+    assert home.docker.redis_cli(home.mailcow, "HDEL", "F2B_WHITELIST", "100.64.0.9/32").returncode == 0
+    assert home.apply(gateway_tailnet_ip="100.64.0.9").returncode == 0
+    assert home.whitelist() == {USER_ENTRY: "1", "100.64.0.9/32": "1"}
+    result = home.destroy()
+    assert result.returncode == 0, result.stderr
+    assert home.whitelist() == {USER_ENTRY: "1"}
+
+
+def test_an_entry_there_before_mailgate_stays_on_destroy(home):
+    for entry in (USER_ENTRY, GATEWAY_ENTRY):
+        assert home.docker.redis_cli(home.mailcow, "HSET", "F2B_WHITELIST", entry, "1").returncode == 0
+    calls = len(home.docker.redis_calls())
+    result = home.apply()
+    assert result.returncode == 0, result.stderr
+    assert redis_writes(home, calls) == [] and "fail2ban" not in result.stdout
+    assert home.whitelist_record() == f"{GATEWAY_ENTRY} found\n"
+    assert home.apply().stdout.strip() == "mailgate: home already up to date"
+    # A new gateway is mailgate's own entry; the one found stays where it was.
+    assert home.apply(gateway_tailnet_ip="100.64.0.9").returncode == 0
+    assert home.whitelist() == {USER_ENTRY: "1", GATEWAY_ENTRY: "1", "100.64.0.9/32": "1"}
+    assert home.destroy().returncode == 0
+    assert home.whitelist() == {USER_ENTRY: "1", GATEWAY_ENTRY: "1"}
+
+
+def test_the_redis_password_is_never_on_a_command_line(home):
+    assert home.apply().returncode == 0
+    assert home.apply(gateway_tailnet_ip="100.64.0.9").returncode == 0
+    assert home.destroy().returncode == 0
+    redis_calls = home.docker.redis_calls()
+    assert len(redis_calls) >= 6 and all(call["auth_env"] for call in redis_calls)  # REDISCLI_AUTH
+    recorded = "\n".join([*home.docker.calls(), *(" ".join(call["args"]) for call in redis_calls),
+                          *home.commands_sent, *home.outputs, home.sshd.log.read_text()])
+    assert REDIS_PASSWORD not in recorded
+
+
+def test_an_older_mailcow_whose_redis_has_no_password(home):
+    home.docker = FakeDocker(home.docker.path, exec_locally=True, real_config=need_program("docker-compose"),
+                             redis_password="")
+    assert home.apply().returncode == 0
+    assert home.whitelist() == {GATEWAY_ENTRY: "1"}
+    assert not any(call["auth_env"] for call in home.docker.redis_calls())
+    assert home.destroy().returncode == 0 and home.whitelist() == {}
+
+
+def test_redis_down_stops_apply_before_anything_changes(home):
+    before = home.tree(without_state=False)
+    result = home.apply(fail_on=REDIS)
+    assert result.returncode == 1
+    assert ("cannot read Mailcow's fail2ban whitelist (F2B_WHITELIST in redis-mailcow: does Mailcow run?); "
+            "nothing was changed:\nfake docker: failing as told") in result.stderr
+    assert home.tree(without_state=False) == before and home.serving() == BOTH_SERVING
+    assert home.whitelist() == {}
+
+
+def test_a_failure_after_the_whitelist_puts_the_earlier_entry_back(home, dev_raw, tmp_path):
+    assert home.apply().returncode == 0
+    before = home.tree()
+    refusing = tmp_path / "refusing-systemctl"
+    refusing.write_text('#!/bin/sh\ncase "$1" in enable) echo "Failed to enable unit" >&2; exit 1 ;; esac\n')
+    refusing.chmod(0o755)
+    # The entry moves to the new gateway, then the watcher's timer will not start.
+    result = home.apply(variant(dev_raw, alerts=ALERTS_ON), gateway_tailnet_ip="100.64.0.9",
+                        commands=dataclasses.replace(home.commands, systemctl=str(refusing)))
+    assert result.returncode == 1
+    assert redis_writes(home)[-2:] == ["HDEL F2B_WHITELIST 100.64.0.9/32", f"HSET F2B_WHITELIST {GATEWAY_ENTRY} 1"]
+    assert home.whitelist() == {GATEWAY_ENTRY: "1"} and home.tree() == before
+    # A failure to whitelist fails the run and undoes it.
+    result = home.apply(gateway_tailnet_ip="100.64.0.9", fail_on="HSET F2B_WHITELIST 100.64.0.9/32")
+    assert result.returncode == 1
+    assert "could not add the gateway (100.64.0.9/32) to Mailcow's fail2ban whitelist" in result.stderr
+    assert home.whitelist() == {GATEWAY_ENTRY: "1"} and home.tree() == before
+    assert home.serving() == BOTH_SERVING
+
+
+def test_a_destroy_that_could_not_reach_redis_is_finished_by_the_next(home):
+    original = home.tree()
+    assert home.apply().returncode == 0
+    failed = home.destroy(fail_on="HDEL F2B_WHITELIST")
+    assert failed.returncode == 1 and "run destroy again" in failed.stderr
+    assert home.whitelist() == {GATEWAY_ENTRY: "1"}
+    result = home.destroy()
+    assert result.returncode == 0, result.stderr
+    assert home.whitelist() == {} and home.tree(without_state=False) == original
+
+
+def test_the_redis_stand_in_keeps_hashes_and_asks_for_the_password(tmp_path):
+    """The premise of the whitelist tests: redis-cli in redis-mailcow as tests/fake_docker.py
+    models it (Redis with `requirepass`, --raw replies)."""
+    docker, mailcow = FakeDocker(tmp_path / "docker"), tmp_path / "mailcow"
+    mailcow.mkdir()
+    assert docker.redis_cli(mailcow, "HSET", "F2B_WHITELIST", "a", "1", "b", "1").stdout == "2\n"
+    assert docker.redis_cli(mailcow, "HSET", "F2B_WHITELIST", "a", "1").stdout == "0\n"
+    assert docker.redis_cli(mailcow, "HEXISTS", "F2B_WHITELIST", "b").stdout == "1\n"
+    assert docker.redis_cli(mailcow, "HDEL", "F2B_WHITELIST", "b", "c").stdout == "1\n"
+    assert docker.redis_cli(mailcow, "HGETALL", "F2B_WHITELIST").stdout == "a\n1\n"
+    assert docker.redis_hash(mailcow, "F2B_WHITELIST") == {"a": "1"}
+    no_password = docker.compose(mailcow, "exec", "-T", REDIS, "redis-cli", "HEXISTS", "F2B_WHITELIST", "a")
+    assert no_password.returncode == 1 and "NOAUTH Authentication required." in no_password.stdout
+    assert [call["auth_env"] for call in docker.redis_calls()][-2:] == [True, False]

@@ -54,6 +54,7 @@ class Snapshot(NamedTuple):
     tree: dict
     kernel: tuple
     containers: dict
+    whitelist: dict
 
 
 class StoppableHome(Home):
@@ -114,7 +115,7 @@ class StoppableHome(Home):
 
     def snapshot(self) -> Snapshot:
         return Snapshot(self.tree(without_state=False), self.kernel(),
-                        {name: self.container(name) for name in (POSTFIX, DOVECOT)})
+                        {name: self.container(name) for name in (POSTFIX, DOVECOT)}, self.whitelist())
 
     def leftovers(self) -> list[str]:
         """What a run may leave only while it runs."""
@@ -174,6 +175,7 @@ def check_as_a_clean_run_leaves_it(home: StoppableHome, clean: dict[str, Snapsho
     now = home.snapshot()
     assert now.tree == clean[run].tree
     assert now.kernel == clean[run].kernel  # the chain hooked once, the keys set
+    assert now.whitelist == clean[run].whitelist  # the gateway in Mailcow's fail2ban whitelist
     assert home.serving() == BOTH_SERVING
     assert home.leftovers() == []
 
@@ -183,12 +185,14 @@ def check_destroy_gives_back_the_original(home: StoppableHome, clean: dict[str, 
     assert result.returncode == 0, result.stderr
     assert home.tree(without_state=False) == clean["original"].tree
     assert home.kernel() == clean["original"].kernel
+    assert home.whitelist() == clean["original"].whitelist
     assert home.serving() == BOTH_SERVING
 
 
 # Every external step of an apply after its pending marker: each install (the files, then
 # a record of each kind under the state directory), the firewall, the sysctl keys,
-# daemon-reload, each kind of container activation.
+# daemon-reload, each kind of container activation, each change of Mailcow's fail2ban
+# whitelist.
 APPLY_STOPS = [
     *[pytest.param(FIRST, "mv", f" {{root}}{path} ", id=f"installed {path.rsplit('/', 1)[1]}")
       for path in HOME_PATHS],
@@ -203,6 +207,7 @@ APPLY_STOPS = [
     pytest.param(FIRST, "sysctl", " -p ", id="sysctl keys set"),
     pytest.param(FIRST, "systemctl", " daemon-reload ", id="daemon-reload"),
     pytest.param(FIRST, "docker", " up -d --force-recreate ", id="containers force-recreated"),
+    pytest.param(FIRST, "docker", " HSET F2B_QUEUE_UNBAN ", id="gateway whitelisted"),
     pytest.param(SERVICES, "cp", f" -a -- {{root}}{home_path('/mailcow.conf')} ",
                  id="update keeping a copy of mailcow.conf"),
     pytest.param(SERVICES, "mv", f" {{root}}{home_path('/mailcow.conf')} ", id="update installed mailcow.conf"),
@@ -212,6 +217,8 @@ APPLY_STOPS = [
     pytest.param(RELAY, "iptables-restore", " --noflush ", id="update firewall reloaded"),
     pytest.param(RELAY, "ip6tables-restore", " --noflush ", id="update IPv6 firewall reloaded"),
     pytest.param(RELAY, "docker", " restart ", id="update containers restarted"),
+    pytest.param(RELAY, "docker", " HSET F2B_WHITELIST ", id="update new gateway whitelisted"),
+    pytest.param(RELAY, "docker", " HDEL F2B_WHITELIST ", id="update earlier gateway taken out"),
 ]
 
 
@@ -250,7 +257,8 @@ def test_an_update_stopped_at_each_step_is_undone_exactly(root_home, clean, dev_
 
 
 # Every step of a destroy: the state it keeps, a file given back, a file of mailgate's
-# deleted, the sysctl keys, the chain unhooked, daemon-reload, the containers.
+# deleted, the sysctl keys, the chain unhooked, daemon-reload, the containers, the
+# gateway's whitelist entry.
 DESTROY_STOPS = [
     pytest.param("mv", f" {{root}}{STATE}/containers-pending ", id="plan kept"),
     pytest.param("mv", f" {{root}}{home_path('/mailcow.conf')} ", id="mailcow.conf given back"),
@@ -260,6 +268,7 @@ DESTROY_STOPS = [
     pytest.param("ip6tables", " -t raw -D PREROUTING ", id="IPv6 chain unhooked"),
     pytest.param("systemctl", " daemon-reload ", id="daemon-reload"),
     pytest.param("docker", " up -d --force-recreate ", id="containers force-recreated"),
+    pytest.param("docker", " HDEL F2B_WHITELIST ", id="gateway taken out of the whitelist"),
 ]
 
 
@@ -336,13 +345,14 @@ def test_two_runs_at_once_take_turns(home):
 
 def test_a_run_that_cannot_get_the_lock_stops_with_nothing_changed(home):
     before = home.tree(without_state=False)
-    files = home_files(home.settings, Deployment(gateway_tailnet_ip=GATEWAY_TAILNET_IP),
-                       Secrets(relay_password=PASSWORD))
+    deployment = Deployment(gateway_tailnet_ip=GATEWAY_TAILNET_IP)
+    files = home_files(home.settings, deployment, Secrets(relay_password=PASSWORD))
     impatient = dataclasses.replace(home.commands, lock_wait_seconds=1)
     held = os.open(home.mailcow, os.O_RDONLY)
     try:
         fcntl.flock(held, fcntl.LOCK_EX)  # another run holds it
-        result = home.run(render_home_apply(home.settings, files, impatient), home_bundle(home.settings, files))
+        result = home.run(render_home_apply(home.settings, files, impatient),
+                          home_bundle(home.settings, files, deployment))
     finally:
         os.close(held)
     assert result.returncode == 1
@@ -437,8 +447,11 @@ FULL_DISKS = [
     pytest.param(RELAY, POSTFIX_DIR, [written(RELAY_MAP)], id="update-postfix"),
     pytest.param(RELAY, DOVECOT_DIR, [written(EXTRA_CONF)], id="update-dovecot"),
     pytest.param(RELAY, FIREWALL.rsplit("/", 1)[0], [written(FIREWALL)], id="update-firewall"),
-    pytest.param(RELAY, STATE_DISK, [noted(f"{STATE}/pending"), kept(RELAY_MAP), kept(f"{STATE}/blocks{EXTRA_CONF}"),
-                                     written(f"{STATE}/applied{FIREWALL}")], id="update-state"),
+    # The gateway's whitelist record goes first: its old copy's room then takes the copy of
+    # the next record, whose new copy is the write that does not fit.
+    pytest.param(RELAY, STATE_DISK, [noted(f"{STATE}/pending"), kept(RELAY_MAP), kept(f"{STATE}/fail2ban-whitelist"),
+                                     written(f"{STATE}/blocks{EXTRA_CONF}"), written(f"{STATE}/applied{FIREWALL}")],
+                 id="update-state"),
 ]
 
 

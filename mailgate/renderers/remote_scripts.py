@@ -21,6 +21,7 @@ from pathlib import PurePosixPath
 from mailgate.layout import (
     BLOCK,
     COMPOSE,
+    HOME,
     COMPOSE_OVERRIDE,
     DOVECOT_EXTRA,
     GATEWAY_FIREWALL_V4,
@@ -46,6 +47,7 @@ from mailgate.renderers.watch import PYTHON
 from mailgate.settings import Settings
 
 POSTFIX, DOVECOT = "postfix-mailcow", "dovecot-mailcow"
+REDIS = "redis-mailcow"
 DOVECOT_CONTAINER_CONF = "/etc/dovecot"
 
 RECREATE, RESTART = "recreate", "restart"
@@ -241,9 +243,35 @@ BLOCKS_DIR = "/.mailgate-blocks"
 ENTRIES_SUFFIX = ".entries"
 
 
-def home_bundle(settings: Settings, files: list[RenderedFile]) -> str:
-    """The home step's stdin: whole files at their paths, blocks under BLOCKS_DIR."""
-    payload = []
+# Mailcow's fail2ban (the netfilter container) bans by packet source, and behind the
+# gateway every client arrives from the gateway's tailnet address, which it does not
+# count as private (`get_ip`: Python's is_private, false for 100.64.0.0/10): a burst of
+# failed logins would ban the gateway and all mail with it. So mailgate keeps that
+# address in its allowlist, the Redis hash F2B_WHITELIST ({entry: 1}) that Mailcow's UI
+# edits (data/web/inc/functions.fail2ban.inc.php, action "whitelist": hSet, plus
+# F2B_QUEUE_UNBAN to lift a ban in force) and that netfilter re-reads every 60 s
+# (data/Dockerfiles/netfilter/main.py, whitelistUpdate; ban() skips an address any entry
+# overlaps), so no restart is needed. Checked in mailcow-dockerized 0642467 (2026-08).
+# The payload carries the entry; the state keeps it with "added" (mailgate put it there:
+# destroy takes it out) or "found" (it was there before mailgate: it stays).
+WHITELIST_ENTRY = BLOCKS_DIR + "/F2B_WHITELIST"
+WHITELIST_RECORD = "fail2ban-whitelist"
+# redis-cli inside redis-mailcow, with the password the container has in its environment
+# (docker-compose.yml: REDISPASS=${REDISPASS}, data/conf/redis/redis-conf.sh: requirepass;
+# an older Mailcow has none): in REDISCLI_AUTH, never on a command line (no single quote:
+# it runs inside sh -c '...').
+REDIS_CLI = '[ -z "${REDISPASS:-}" ] || export REDISCLI_AUTH="$REDISPASS"; exec redis-cli --raw "$@"'
+
+
+def whitelist_entry(deployment: Deployment) -> str:
+    """The gateway as an entry of Mailcow's fail2ban allowlist."""
+    return f"{deployment.gateway_tailnet_ip}/32"
+
+
+def home_bundle(settings: Settings, files: list[RenderedFile], deployment: Deployment) -> str:
+    """The home step's stdin: whole files at their paths, blocks under BLOCKS_DIR, the
+    gateway's fail2ban allowlist entry at WHITELIST_ENTRY."""
+    payload = [RenderedFile(HOME, WHITELIST_ENTRY, whitelist_entry(deployment) + "\n")]
     for rendered in files:
         if not rendered.splice:
             payload.append(rendered)
@@ -272,6 +300,12 @@ def watch_context(settings: Settings) -> dict:
     return {"watch": {"unit": names.watch_unit, "config": names.watch_config}}
 
 
+def whitelist_context() -> dict:
+    """What the scripts need to keep the gateway in Mailcow's fail2ban allowlist."""
+    return {"redis": REDIS, "redis_cli": REDIS_CLI, "whitelist_entry": WHITELIST_ENTRY,
+            "whitelist_record": WHITELIST_RECORD}
+
+
 def splice_context(stack: str) -> dict:
     """What the scripts need to splice the stack's blocks on the host."""
     markers = MARKERS_AWK.read_text()
@@ -287,7 +321,7 @@ def render_home_apply(settings: Settings, files: list[RenderedFile],
     return as_root(render_template(
         "scripts/home-apply.sh.j2", root=commands.root, commands=commands, state_dir=settings.names.home_state_dir,
         mailcow_dir=settings.home.mailcow_dir, files=[_home_script_file(settings, f) for f in files],
-        **splice_context(settings.names.stack),
+        **splice_context(settings.names.stack), **whitelist_context(),
         firewall_path=settings.names.home_firewall_path, firewall_v6_path=settings.names.home_firewall_v6_path,
         chain=settings.names.home_twin_chain, ipv6_skipped=IPV6_FILTER_SKIPPED,
         postfix_check=POSTFIX_CHECK.replace("@RELAY_KEY@", relay_host_key(settings)).replace("@RELAY_MAP@", RELAY_PASSWORD_MAP),
@@ -303,6 +337,7 @@ def render_home_restore(settings: Settings, commands: HostCommands = HostCommand
     files = home_files(settings, Deployment(), Secrets())
     return as_root(render_template(
         "scripts/home-restore.sh.j2", root=commands.root, commands=commands, state_dir=settings.names.home_state_dir,
+        **whitelist_context(),
         mailcow_dir=settings.home.mailcow_dir, chain=settings.names.home_twin_chain, sysctl_keys=NONLOCAL_BIND_KEYS,
         lock_wait=commands.lock_wait_seconds, files=[_home_script_file(settings, f) for f in files],
         **splice_context(settings.names.stack), **watch_context(settings),
