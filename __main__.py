@@ -28,7 +28,8 @@ enrolment = GatewayEnrolment("gateway-enrolment", GatewayEnrolmentArgs(
     settings, bootstrap, gateway.instance.id, tailnet.acl))
 GatewayConfig("gateway-config", GatewayConfigArgs(
     settings, enrolment.tailnet_ip, secrets.gateway_ssh_private_key, gateway.instance.id,
-    enrolment.host_public_key, secrets.alerts_relay_password, secrets.alerts_webhook_url))
+    enrolment.host_public_key, secrets.alerts_relay_password, secrets.alerts_webhook_url,
+    secrets.banlist_id, gateway.public_ipv4, gateway.public_ipv6))
 HomeConfig("home-config", HomeConfigArgs(
     settings, enrolment.tailnet_ip, secrets.relay_password, secrets.home_ssh_private_key,
     enrolment.tailnet_ip, secrets.gateway_ssh_private_key, enrolment.host_public_key,

@@ -17,8 +17,9 @@ import pulumi
 from pulumi_command import remote
 
 from components.ssh import gateway_connection, step_options
+from mailgate.deployment import PUBLIC_IPV4_PLACEHOLDER, Deployment
 from mailgate.layout import CLOUD_INIT, Secrets, gateway_files
-from mailgate.renderers.remote_scripts import DEPLOY_TARGETS, pack, render_gateway_apply, watch_context
+from mailgate.renderers.remote_scripts import DEPLOY_TARGETS, pack, gateway_timers, render_gateway_apply
 from mailgate.settings import Settings
 
 
@@ -35,6 +36,11 @@ class GatewayConfigArgs:
     alerts_relay_password: pulumi.Input[str] | None = None
     """The gateway's own relay key for its alerts (mailgate:alertsRelayPassword)."""
     alerts_webhook_url: pulumi.Input[str] | None = None
+    banlist_id: pulumi.Input[str] | None = None
+    """Mailcow's ban-list id (mailgate:banlistId), which the gateway's ban loader fetches with."""
+    public_ipv4: pulumi.Input[str] | None = None
+    """The gateway's own public addresses, never banned."""
+    public_ipv6: pulumi.Input[str | None] | None = None
 
 
 class GatewayConfig(pulumi.ComponentResource):
@@ -42,23 +48,32 @@ class GatewayConfig(pulumi.ComponentResource):
         super().__init__("mailgate:remote:GatewayConfig", name, None, opts)
         settings = args.settings
 
-        def over_ssh(secrets: Secrets) -> list:
+        def over_ssh(secrets: Secrets, deployment: Deployment = Deployment()) -> list:
             # cloud-init travels in the instance metadata, not over SSH.
-            return [f for f in gateway_files(settings, secrets) if f.path != CLOUD_INIT]
+            return [f for f in gateway_files(settings, secrets, deployment) if f.path != CLOUD_INIT]
 
-        # The script names paths and modes only; the files, a relay key among them, go on stdin.
-        files = over_ssh(Secrets(alerts_relay_password=None))
+        # The script names paths and modes only; the files, keys among them, go on stdin.
+        files = over_ssh(Secrets(alerts_relay_password=None, banlist_id=None))
         script = args.instance_id.apply(lambda instance: render_gateway_apply(
-            files, DEPLOY_TARGETS["gateway"], instance_id=instance, **watch_context(settings)))
-        payload = pulumi.Output.secret(pulumi.Output.all(args.alerts_relay_password, args.alerts_webhook_url).apply(
-            lambda values: pack(over_ssh(Secrets(alerts_relay_password=values[0], alerts_webhook_url=values[1])))))
+            files, DEPLOY_TARGETS["gateway"], instance_id=instance,
+            timers=gateway_timers(settings, DEPLOY_TARGETS["gateway"])))
+
+        def payload(values: list) -> str:
+            relay_key, webhook, banlist_id, ipv4, ipv6 = values
+            return pack(over_ssh(Secrets(alerts_relay_password=relay_key, alerts_webhook_url=webhook,
+                                         banlist_id=banlist_id),
+                                 Deployment(public_ipv4=ipv4 or PUBLIC_IPV4_PLACEHOLDER, public_ipv6=ipv6)))
+
+        stdin = pulumi.Output.secret(pulumi.Output.all(
+            args.alerts_relay_password, args.alerts_webhook_url, args.banlist_id, args.public_ipv4,
+            args.public_ipv6).apply(payload))
         # No triggers: a change of them would replace the command, never update it.
         self.apply = remote.Command(
             f"{name}-apply",
             connection=gateway_connection(args.settings, args.tailnet_ip, args.private_key, args.host_key),
             create=script,
             update=script,
-            stdin=payload,
+            stdin=stdin,
             logging=remote.Logging.STDOUT_AND_STDERR,
             opts=step_options(self, secret_output=False),
         )

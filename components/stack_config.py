@@ -24,6 +24,7 @@ class StackSecrets:
     home_ssh_private_key: pulumi.Output[str] | None
     alerts_relay_password: pulumi.Output[str] | None
     alerts_webhook_url: pulumi.Output[str] | None
+    banlist_id: pulumi.Output[str] | None
 
 
 def _decode(value: str) -> object:
@@ -72,4 +73,5 @@ def load_stack_settings() -> tuple[Settings, StackSecrets]:
         home_ssh_private_key=config.get_secret("homeSshPrivateKey"),
         alerts_relay_password=config.get_secret("alertsRelayPassword"),
         alerts_webhook_url=config.get_secret("alertsWebhookUrl"),
+        banlist_id=config.get_secret("banlistId"),
     )

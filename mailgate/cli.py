@@ -30,7 +30,8 @@ def stack_name(path: Path) -> str:
 def load_stack(path: Path) -> Settings:
     # Secrets are placeholders in a render, so a stack without them yet still renders.
     stack = read_stack_file(path)
-    return load_settings(stack.values, stack=stack_name(path), extra_problems=stack.problems)
+    return load_settings(stack.values, stack=stack_name(path), extra_problems=stack.problems,
+                         known_secrets=stack.secrets_present)
 
 
 def _address(version: int, tailnet: bool = False):

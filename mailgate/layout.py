@@ -13,6 +13,12 @@ from pathlib import PurePosixPath
 from mailgate.deployment import Deployment
 from mailgate.renderers.cloud_init import render_cloud_init
 from mailgate.renderers.compose import render_compose_override
+from mailgate.renderers.bans import (
+    BANLIST_PROGRAM,
+    render_banlist_config,
+    render_banlist_service,
+    render_banlist_timer,
+)
 from mailgate.renderers.dns import dns_records, render_dns_records
 from mailgate.renderers.firewall import render_gateway_firewall, render_home_firewall, render_home_firewall_v6
 from mailgate.renderers.mailcow import (
@@ -54,6 +60,7 @@ GATEWAY_FIREWALL_V6 = "/etc/iptables/mailgate.rules.v6"
 CLOUD_INIT = "cloud-init/user-data.yaml"
 
 PASSWORD_PLACEHOLDER = "<relay password: pulumi config set --secret mailgate:relayPassword>"
+BANLIST_ID_PLACEHOLDER = "<Mailcow's ban-list id: pulumi config set --secret mailgate:banlistId>"
 ALERT_KEY_PLACEHOLDER = "<the gateway's own relay key: pulumi config set --secret mailgate:alertsRelayPassword>"
 
 
@@ -80,6 +87,8 @@ class Secrets:
     alerts_relay_password: str | None = ALERT_KEY_PLACEHOLDER
     """The gateway's own relay key for its alerts (None: not configured)."""
     alerts_webhook_url: str | None = None
+    banlist_id: str | None = BANLIST_ID_PLACEHOLDER
+    """Mailcow's ban-list id (None: not configured)."""
 
 
 def home_path(settings: Settings, relative: str) -> str:
@@ -100,7 +109,19 @@ def watch_files(settings: Settings, host: str, config: str) -> list[RenderedFile
     ]
 
 
-def gateway_files(settings: Settings, secrets: Secrets = Secrets()) -> list[RenderedFile]:
+def ban_files(settings: Settings, config: str) -> list[RenderedFile]:
+    """The gateway's ban loader, laid down with bans off too (its timer then stays off)."""
+    names = settings.names
+    return [
+        RenderedFile(GATEWAY, names.bans_script, BANLIST_PROGRAM.read_text(), 0o755),
+        RenderedFile(GATEWAY, names.bans_config, config, 0o600, secret=True),
+        RenderedFile(GATEWAY, names.bans_unit_path("service"), render_banlist_service(settings)),
+        RenderedFile(GATEWAY, names.bans_unit_path("timer"), render_banlist_timer(settings)),
+    ]
+
+
+def gateway_files(settings: Settings, secrets: Secrets = Secrets(),
+                  deployment: Deployment = Deployment()) -> list[RenderedFile]:
     files = [
         RenderedFile(GATEWAY, CLOUD_INIT, render_cloud_init(settings, secrets.bootstrap_url or (
             f"https://objectstorage.region.oraclecloud.com/p/placeholder-created-by-pulumi-up"
@@ -113,7 +134,8 @@ def gateway_files(settings: Settings, secrets: Secrets = Secrets()) -> list[Rend
         files.append(RenderedFile(GATEWAY, GATEWAY_FIREWALL_V6,
                                   render_gateway_firewall(settings, 6), 0o640))
     files += watch_files(settings, GATEWAY, render_watch_config(
-        settings, GATEWAY_END, Deployment(), secrets.alerts_relay_password, secrets.alerts_webhook_url))
+        settings, GATEWAY_END, deployment, secrets.alerts_relay_password, secrets.alerts_webhook_url))
+    files += ban_files(settings, render_banlist_config(settings, secrets.banlist_id, deployment))
     return files
 
 

@@ -103,6 +103,22 @@ class StackNames:
     def watch_unit_path(self, suffix: str) -> str:
         return f"/etc/systemd/system/{self.watch_unit}.{suffix}"
 
+    # The gateway's ban loader.
+    @property
+    def bans_unit(self) -> str:
+        return f"mailgate-{self.stack}-bans"
+
+    @property
+    def bans_script(self) -> str:
+        return f"/usr/local/lib/mailgate/{self.stack}/banlist.py"
+
+    @property
+    def bans_config(self) -> str:
+        return f"/etc/mailgate/{self.stack}/bans.json"
+
+    def bans_unit_path(self, suffix: str) -> str:
+        return f"/etc/systemd/system/{self.bans_unit}.{suffix}"
+
 
 
 def valid_stack_name(stack: str) -> bool:

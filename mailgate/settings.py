@@ -651,11 +651,44 @@ class AlertSettings(Strict):
         return self.to is not None
 
 
+def _cidr(value: str) -> str:
+    return str(_network(value, "a network such as 198.51.100.0/24 or an address such as 198.51.100.7/32"))
+
+
+class BanSettings(Strict):
+    enabled: bool | None = Field(
+        None,
+        description="Enforce Mailcow's bans at the gateway; empty means on exactly when the "
+        "secret mailgate:banlistId is set.",
+    )
+    interval_seconds: int = Field(
+        30, ge=10, le=3600, description="How often the gateway fetches Mailcow's ban list (10 to 3600 s).")
+    max_prefix_v4: int = Field(
+        16, ge=8, le=32,
+        description="Widest IPv4 network a ban may cover (a /8 to /32 prefix); wider entries are refused.")
+    max_prefix_v6: int = Field(
+        48, ge=16, le=128,
+        description="Widest IPv6 network a ban may cover (a /16 to /128 prefix); wider entries are refused.")
+    never_ban: list[Annotated[str, AfterValidator(_cidr)]] = Field(
+        default_factory=list,
+        description="Networks never banned at the gateway, besides the tailnet, the admin networks "
+        "and the gateway's own addresses, which never are.",
+    )
+    max_entries: int = Field(
+        65536, ge=100, le=1_000_000, description="Most networks the gateway's ban set holds (100 to 1,000,000).")
+    home_https_port: int = Field(
+        443, ge=1, le=65535,
+        description="Mailcow's HTTPS port at home (HTTPS_PORT), where the gateway fetches the ban list.",
+    )
+
+
 class Settings(Strict):
     """Everything under the ``mailgate:`` namespace of a stack's config."""
 
     # The stack the config belongs to; not a config key (load_settings sets it).
     _stack: str = PrivateAttr("")
+    # Whether the secret mailgate:banlistId is set (load_settings learns it).
+    _banlist_id_set: bool = PrivateAttr(False)
 
     domain: str = Field(description="Mail domain, e.g. example.com.")
     mail_hostname: str = Field(
@@ -677,6 +710,8 @@ class Settings(Strict):
         default_factory=AlertSettings,
         description="Each end watches the other and mails one alert when it goes dark.",
     )
+    bans: BanSettings = Field(
+        default_factory=BanSettings, description="Mailcow's bans, enforced at the gateway.")
 
     @field_validator("domain")
     @classmethod
@@ -699,6 +734,11 @@ class Settings(Strict):
         if "smtp" not in value:
             raise ValueError("must include 'smtp': the MX has to accept mail on port 25")
         return value
+
+    @property
+    def bans_active(self) -> bool:
+        """Bans are enforced at the gateway: bans.enabled, or unset with a banlistId."""
+        return self.bans.enabled if self.bans.enabled is not None else self._banlist_id_set
 
     @property
     def alert_sender(self) -> str:
@@ -725,6 +765,8 @@ SECRET_KEYS: dict[str, str] = {
     "homeSshPrivateKey": "Private key Pulumi uses to SSH into the Mini PC.",
     "alertsRelayPassword": "The gateway's own relay key for its alerts (Brevo: a second SMTP "
     "key under the same login), so the internet-facing VM never holds the main one.",
+    "banlistId": "The id of Mailcow's ban list (Configuration > Fail2ban in Mailcow's UI): "
+    "the gateway fetches the list with it; anyone who has it can read your bans.",
     "alertsWebhookUrl": "A webhook URL the watchers also POST their alerts to, as JSON with "
     "`text` (what Slack's and Mattermost's incoming webhooks read), `title` and `status`.",
 }
@@ -774,12 +816,15 @@ def load_settings(
     stack: str,
     secrets_present: set[str] | None = None,
     extra_problems: list[str] | None = None,
+    known_secrets: set[str] | None = None,
 ) -> Settings:
     """Validate the ``mailgate:`` config (keys without the namespace) or raise ConfigError.
 
     `stack` is the stack's name: every name two stacks could share carries it.
     `secrets_present`, when given, is checked for the required secret keys so a missing
-    secret is reported together with every other problem.
+    secret is reported together with every other problem. `known_secrets`: the secret keys
+    a stack file sets, for a render, which needs none of them; they only turn features on
+    (banlistId: bans).
     """
     problems: list[str] = list(extra_problems or [])
     if not valid_stack_name(stack):
@@ -800,7 +845,13 @@ def load_settings(
                 )
     if settings is not None:
         problems.extend(_alert_problems(settings, secrets_present))
+        if secrets_present is not None and settings.bans.enabled and "banlistId" not in secrets_present:
+            problems.append(
+                f"{NAMESPACE}:bans.enabled: true, but there is no ban list to fetch; set its id with "
+                f"`pulumi config set --secret {NAMESPACE}:banlistId <id>` (Mailcow's UI: "
+                "Configuration > Fail2ban), or unset bans.enabled")
     if problems or settings is None:
         raise ConfigError(problems)
     settings._stack = stack
+    settings._banlist_id_set = "banlistId" in (secrets_present or known_secrets or ())
     return settings

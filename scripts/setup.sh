@@ -15,6 +15,7 @@ APT_PACKAGES=(
   iptables iproute2
   openssh-server openssh-client sudo
   wireguard-go wireguard-tools openssl
+  fail2ban nftables
   systemd
 )
 

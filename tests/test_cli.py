@@ -33,6 +33,10 @@ def test_render_writes_the_tree_and_prints_the_summary(tmp_path):
         "gateway/etc/mailgate/dev/watch.json",
         "gateway/etc/systemd/system/mailgate-dev-watch.service",
         "gateway/etc/systemd/system/mailgate-dev-watch.timer",
+        "gateway/usr/local/lib/mailgate/dev/banlist.py",
+        "gateway/etc/mailgate/dev/bans.json",
+        "gateway/etc/systemd/system/mailgate-dev-bans.service",
+        "gateway/etc/systemd/system/mailgate-dev-bans.timer",
         "home/opt/mailcow-dockerized/docker-compose.override.yml",
         "home/opt/mailcow-dockerized/mailcow.conf",
         "home/opt/mailcow-dockerized/data/conf/dovecot/extra.conf",
@@ -60,6 +64,7 @@ def test_render_writes_the_tree_and_prints_the_summary(tmp_path):
     assert oct((out / "gateway/cloud-init/user-data.yaml").stat().st_mode & 0o777) == "0o600"
     for end in ("gateway", "home"):
         assert oct((out / end / "etc/mailgate/dev/watch.json").stat().st_mode & 0o777) == "0o600"
+    assert oct((out / "gateway/etc/mailgate/dev/bans.json").stat().st_mode & 0o777) == "0o600"
 
 
 def test_render_is_repeatable(tmp_path):

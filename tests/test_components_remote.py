@@ -43,7 +43,10 @@ def test_gateway_step_runs_after_the_vm_and_only_when_the_files_change(dev_raw):
     assert set(files) == {"/etc/nginx/modules-enabled/70-mailgate-stream.conf", "/etc/iptables/mailgate.rules.v4",
                           "/usr/local/lib/mailgate/dev/watch.py", "/etc/mailgate/dev/watch.json",
                           "/etc/systemd/system/mailgate-dev-watch.service",
-                          "/etc/systemd/system/mailgate-dev-watch.timer"}
+                          "/etc/systemd/system/mailgate-dev-watch.timer",
+                          "/usr/local/lib/mailgate/dev/banlist.py", "/etc/mailgate/dev/bans.json",
+                          "/etc/systemd/system/mailgate-dev-bans.service",
+                          "/etc/systemd/system/mailgate-dev-bans.timer"}
     # Alerts are off in the dev stack: the watcher is laid down, its timer stays off.
     assert json.loads(files["/etc/mailgate/dev/watch.json"])["enabled"] is False
     assert "disable --now mailgate-dev-watch.timer" in inputs["create"]
@@ -119,3 +122,19 @@ def test_alert_keys_reach_each_end_only_on_stdin_and_the_main_relay_key_never_th
     assert {t["host"] for t in home_watch["targets"]} == {h.PUBLIC_IPV4}
     assert 25 not in {t["port"] for t in home_watch["targets"]}
     assert "enable --now mailgate-dev-watch.timer" in gateway_inputs["create"]
+
+
+def test_the_banlist_id_reaches_the_gateway_only_on_stdin_and_turns_bans_on(dev_raw):
+    banlist_id = "5b6f-banlist-id-for-mock-tests"
+    run = run_program(dev_raw, secrets={"relayPassword": PASSWORD, "banlistId": banlist_id})
+    inputs, _, sent = command(run, "gateway-config-apply")
+    assert secret_paths(sent) >= {"stdin"}
+    assert banlist_id not in inputs["create"]
+    config = json.loads(unpack(inputs["stdin"])["/etc/mailgate/dev/bans.json"])
+    assert config["enabled"] is True and config["id"] == banlist_id
+    assert (config["host"], config["address"], config["port"]) == ("mail.example.com", dev_raw["home"]["tailnetIp"], 443)
+    # The gateway's own public address is never banned.
+    assert f"{h.PUBLIC_IPV4}/32" in config["never"] and "100.64.0.0/10" in config["never"]
+    assert "enable --now mailgate-dev-bans.timer" in inputs["create"]
+    assert "nft delete table inet mailgate_bans" in inputs["create"]
+    assert banlist_id not in json.dumps(run.exports)

@@ -19,11 +19,13 @@ import pytest
 
 from mailgate.deployment import Deployment
 from mailgate.layout import (
-    GATEWAY, GATEWAY_FIREWALL_V4, GATEWAY_FIREWALL_V6, NGINX_PACKAGED_CONF, NGINX_STREAM, RenderedFile, watch_files,
+    GATEWAY, GATEWAY_FIREWALL_V4, GATEWAY_FIREWALL_V6, NGINX_PACKAGED_CONF, NGINX_STREAM, RenderedFile, ban_files,
+    watch_files,
 )
+from mailgate.renderers.bans import render_banlist_config
 from mailgate.renderers.firewall import render_gateway_firewall
 from mailgate.renderers.nginx import NginxRuntime, render_nginx_conf, render_nginx_stream
-from mailgate.renderers.remote_scripts import HostCommands, pack, render_gateway_apply, watch_context
+from mailgate.renderers.remote_scripts import HostCommands, pack, gateway_timers, render_gateway_apply
 from mailgate.renderers.watch import GATEWAY_END, render_watch_config
 from tests.settings_variants import variant
 from tests.sshd import SUDO_LOGIN, start_sshd
@@ -63,7 +65,7 @@ def gateway(request, tmp_path, login):
             root=str(root), iptables=in_ns + "iptables", ip6tables=in_ns + "ip6tables",
             nginx_check=f"{in_ns}nginx -t", nginx_reload=f"{in_ns}nginx -s reload -c {conf}",
             nginx_start=f"{in_ns}nginx -c {conf}", nginx_active=f'kill -0 "$(cat {pid} 2>/dev/null)"',
-            listening_tcp=f"{in_ns}ss -ltnpH", persist_firewall=f"touch {tmp_path}/persisted",
+            listening_tcp=f"{in_ns}ss -ltnpH", persist_firewall=f"touch {tmp_path}/persisted", nft=in_ns + "nft",
             lock_wait_seconds=30, listen_wait_seconds=5,
         )
         runtime = NginxRuntime(access_log=str(tmp_path / "access.log"), listen_address=PUBLIC)
@@ -330,19 +332,24 @@ def recording_systemctl(gateway, refuse: str = "") -> tuple[HostCommands, Path]:
 
 
 def apply_with_watcher(gateway, settings, files, commands):
-    script = render_gateway_apply(files, commands, wait_for_cloud_init=False, **watch_context(settings))
+    script = render_gateway_apply(files, commands, wait_for_cloud_init=False, timers=gateway_timers(settings, commands))
     return gateway["sshd"].run(script, pack(files))
+
+
+def timer_calls(log: Path, unit: str) -> list[str]:
+    return [call for call in log.read_text().splitlines() if call.endswith(f" {unit}")]
 
 
 def test_the_watcher_timer_follows_alerts_and_a_refused_start_rolls_back(gateway, dev_raw):
     start_nginx(gateway)
     commands, log = recording_systemctl(gateway)
     quiet = variant(dev_raw)
-    unit = f"{quiet.names.watch_unit}.timer"
+    unit, bans_unit = f"{quiet.names.watch_unit}.timer", f"{quiet.names.bans_unit}.timer"
     config = installed(gateway, quiet.names.watch_config)
     first = apply_with_watcher(gateway, quiet, with_watcher(quiet, files_for(quiet, gateway["runtime"])), commands)
     assert first.returncode == 0, first.stderr
-    assert log.read_text().splitlines() == ["daemon-reload", f"disable --now {unit}"]
+    # Units first known to systemd, then each timer as its config says (no ban loader here).
+    assert log.read_text().splitlines() == ["daemon-reload", f"disable --now {unit}", f"disable --now {bans_unit}"]
     assert oct(config.stat().st_mode & 0o777) == "0o600"
     assert oct(installed(gateway, quiet.names.watch_script).stat().st_mode & 0o777) == "0o755"
 
@@ -350,7 +357,7 @@ def test_the_watcher_timer_follows_alerts_and_a_refused_start_rolls_back(gateway
     files = with_watcher(alerting, files_for(alerting, gateway["runtime"]))
     on = apply_with_watcher(gateway, alerting, files, commands)
     assert on.returncode == 0, on.stderr
-    assert log.read_text().splitlines()[-1] == f"enable --now {unit}"
+    assert timer_calls(log, unit)[-1] == f"enable --now {unit}"
     assert "gateway-alert-key" in config.read_text() and "gateway-alert-key" not in on.stdout + on.stderr
     # Nothing changed: systemctl is left alone.
     calls = len(log.read_text().splitlines())
@@ -364,6 +371,37 @@ def test_the_watcher_timer_follows_alerts_and_a_refused_start_rolls_back(gateway
     quiet_config = config.read_text()
     failed = apply_with_watcher(gateway, alerting, files, refusing)
     assert failed.returncode == 1
-    assert f"systemctl could not start or stop the watcher's timer {unit}" in failed.stderr
+    assert f"systemctl could not start or stop mailgate's timers ({unit}" in failed.stderr
     assert config.read_text() == quiet_config and not leftovers(gateway)
-    assert log.read_text().splitlines()[-1] == f"disable --now {unit}"
+    assert timer_calls(log, unit)[-1] == f"disable --now {unit}"
+
+
+def test_the_ban_loader_is_laid_down_and_turning_bans_off_takes_its_table_away(gateway, dev_raw):
+    start_nginx(gateway)
+    commands, log = recording_systemctl(gateway)
+    banning = variant(dev_raw, bans={"enabled": True})
+    names = banning.names
+    bans_unit = f"{names.bans_unit}.timer"
+    files = files_for(banning, gateway["runtime"]) + ban_files(
+        banning, render_banlist_config(banning, "banlist-id-secret", Deployment(public_ipv4=PUBLIC)))
+    # A host without nft is refused before anything changes.
+    without_nft = apply_with_watcher(gateway, banning, files, replace(commands, nft="/nonexistent/nft"))
+    assert without_nft.returncode == 1
+    assert ("bans (mailgate:banlistId) need /nonexistent/nft on this host, which it lacks "
+            "(Debian, Ubuntu: sudo apt install nftables); nothing was changed") in without_nft.stderr
+    assert not installed(gateway, names.bans_config).exists() and not log.exists()
+    on = apply_with_watcher(gateway, banning, files, commands)
+    assert on.returncode == 0, on.stderr
+    assert timer_calls(log, bans_unit) == [f"enable --now {bans_unit}"]
+    assert oct(installed(gateway, names.bans_config).stat().st_mode & 0o777) == "0o600"
+    assert "banlist-id-secret" not in on.stdout + on.stderr
+    # What the loader would have made (its own program, run by the timer).
+    table = ("table inet mailgate_bans {\n set banned4 { type ipv4_addr; flags interval; }\n"
+             " chain input { type filter hook input priority -5; policy accept; }\n}\n")
+    assert gateway["netns"].run(["nft", "-f", "-"], stdin=table).returncode == 0
+    quiet = variant(dev_raw)
+    files = files_for(quiet, gateway["runtime"]) + ban_files(quiet, render_banlist_config(quiet, None, Deployment()))
+    off = apply_with_watcher(gateway, quiet, files, commands)
+    assert off.returncode == 0, off.stderr
+    assert timer_calls(log, bans_unit)[-1] == f"disable --now {bans_unit}"
+    assert gateway["netns"].run(["nft", "list", "table", "inet", "mailgate_bans"]).returncode != 0

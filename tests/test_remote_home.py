@@ -149,7 +149,6 @@ class Home:
     def whitelist_record(self) -> str:
         return (self.root / self.settings.names.home_state_dir.lstrip("/") / "fail2ban-whitelist").read_text()
 
-
     def serving(self) -> dict[str, bool]:
         """Whether each container serves the definition and mounted files on disk now."""
         return {name: self.docker.serves(self.mailcow, name) for name in (POSTFIX, DOVECOT)}
@@ -590,7 +589,6 @@ def test_a_login_without_root_or_sudo_stops_at_once_and_changes_nothing(tmp_path
         files = home_files(dev_settings, deployment, Secrets(relay_password=PASSWORD))
         result = home.run(render_home_apply(dev_settings, files, home.commands),
                           home_bundle(dev_settings, files, deployment))
-
         assert result.returncode == 1
         assert result.stderr.strip().splitlines() == [
             f"mailgate: {PLAIN_LOGIN}@{socket.gethostname()} is neither root nor allowed "
@@ -744,11 +742,10 @@ def test_a_timer_that_will_not_start_undoes_the_whole_run(home, dev_raw, tmp_pat
     result = home.apply(variant(dev_raw, alerts=ALERTS_ON, services=["smtp", "submission"]),
                         commands=dataclasses.replace(home.commands, systemctl=str(refusing)))
     assert result.returncode == 1
-    assert "systemctl could not start or stop the watcher's timer" in result.stderr
+    assert "systemctl could not start or stop mailgate's timers (mailgate-dev-watch.timer)" in result.stderr
     # Every file as before, the containers back on them, the timer set as the old config says.
     assert home.tree() == before and home.serving() == serving
     assert watch_calls(home)[-1] == f"disable --now {home.settings.names.watch_unit}.timer"
-
 
 
 # Issue 13, item 3: Mailcow's fail2ban bans by packet source, and every client comes from

@@ -121,3 +121,14 @@ def test_a_users_devices_are_tested_against_the_twin_ports_when_named(dev_raw, d
     named = variant(dev_raw, tailscale={"policyTestUser": "you@example.com"})
     tests = hujson(render_policy_snippet(named))["tests"]
     assert tests[1] == {"src": "you@example.com", "deny": tests[0]["accept"]}
+
+
+def test_with_bans_the_gateway_may_also_fetch_the_ban_list_from_mailcows_https_port(dev_raw):
+    banning = variant(dev_raw, bans={"enabled": True, "homeHttpsPort": 8443})
+    policy = hujson(render_policy_snippet(banning))
+    assert policy["acls"][0]["dst"] == ["mailgate-home:10025,10465,10587,10143,10993,14190,8443"]
+    [test] = policy["tests"]
+    assert "mailgate-home:8443" in test["accept"] and "mailgate-home:443" in test["deny"]
+    assert "HTTPS port 8443 (the ban list)" in render_policy_snippet(banning)
+    # Off: not even that.
+    assert "8443" not in render_policy_snippet(variant(dev_raw, bans={"homeHttpsPort": 8443}))

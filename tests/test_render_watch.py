@@ -11,6 +11,7 @@ import pytest
 
 from mailgate.deployment import Deployment
 from mailgate.layout import GATEWAY, HOME, watch_files
+from mailgate.renderers.bans import render_banlist_service, render_banlist_timer
 from mailgate.renderers.watch import (
     GATEWAY_END,
     HOME_END,
@@ -98,3 +99,17 @@ def test_the_program_reads_the_rendered_config(dev_raw, monkeypatch):
     assert "Check the Mini PC" in sent[0] and "Oracle stops idle Always Free VMs" in sent[1]
     off = json.loads(render_watch_config(variant(dev_raw), HOME_END, Deployment(), "k"))
     assert off == {"enabled": False, "stack": "dev", "end": HOME_END}
+
+
+def test_the_ban_loader_units_are_what_systemd_reads_without_a_word(tmp_path, dev_settings):
+    unit = dev_settings.names.bans_unit
+    (tmp_path / f"{unit}.service").write_text(render_banlist_service(dev_settings))
+    (tmp_path / f"{unit}.timer").write_text(render_banlist_timer(dev_settings))
+    result = subprocess.run([need_program("systemd-analyze"), "verify", f"{unit}.service", f"{unit}.timer"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+    service = render_banlist_service(dev_settings)
+    assert f"ExecStart=/usr/bin/python3 {dev_settings.names.bans_script}\n" in service
+    assert f"LoadCredential=bans.json:{dev_settings.names.bans_config}\n" in service
+    assert "AmbientCapabilities=CAP_NET_ADMIN" in service
+    assert "OnUnitActiveSec=30s" in render_banlist_timer(dev_settings)

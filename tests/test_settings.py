@@ -116,6 +116,10 @@ def delete_path(path: str):
         ("alerts", {"to": "me@example.com"}, "mailgate:alerts.to: me@example.com is served by this Mailcow"),
         ("alerts", {"to": "me@lists.example.com"}, "mailgate:alerts.to: me@lists.example.com is served by this Mailcow"),
         ("alerts", {"to": "me@example.net", "cc": "x@example.net"}, "mailgate:alerts.cc: unknown key"),
+        ("bans", {"intervalSeconds": 5}, "mailgate:bans.intervalSeconds: Input should be greater than or equal to 10"),
+        ("bans", {"maxPrefixV4": 4}, "mailgate:bans.maxPrefixV4: Input should be greater than or equal to 8"),
+        ("bans", {"neverBan": ["198.51.100.7/24"]}, "mailgate:bans.neverBan[0]: '198.51.100.7/24' has host bits set"),
+        ("bans", {"neverBan": ["home"]}, "mailgate:bans.neverBan[0]: 'home' is not a CIDR network"),
     ],
 )
 def test_invalid_value_is_reported_by_key_path(dev_raw, path, value, expected):
@@ -270,3 +274,17 @@ def test_alerts_need_a_port_home_can_check_and_a_way_out_for_the_gateway(dev_raw
 def test_alerts_are_off_unless_an_address_is_set(dev_settings):
     assert not dev_settings.alerts.enabled
     assert dev_settings.alerts.after_minutes == 15
+
+
+def test_bans_follow_the_banlist_id_unless_set_and_need_it_when_on(dev_raw):
+    raw = copy.deepcopy(dev_raw)
+    assert not load_settings(raw, stack="dev", secrets_present={"relayPassword"}).bans_active
+    assert load_settings(raw, stack="dev", secrets_present={"relayPassword", "banlistId"}).bans_active
+    raw["bans"] = {"enabled": False}
+    assert not load_settings(raw, stack="dev", secrets_present={"relayPassword", "banlistId"}).bans_active
+    raw["bans"] = {"enabled": True}
+    with pytest.raises(ConfigError) as error:
+        load_settings(raw, stack="dev", secrets_present={"relayPassword"})
+    assert error.value.problems == [
+        "mailgate:bans.enabled: true, but there is no ban list to fetch; set its id with `pulumi config set "
+        "--secret mailgate:banlistId <id>` (Mailcow's UI: Configuration > Fail2ban), or unset bans.enabled"]

@@ -43,6 +43,7 @@ from mailgate.managed_block import BLOCK_AWK, COMPOSE_AWK, MARKERS_AWK, awk_vari
 from mailgate.renderers.compose import compose_entries
 from mailgate.renderers.mailcow import POSTFIX_CONTAINER_CONF, RELAY_PASSWORD_MAP, block_keys, relay_host_key
 from mailgate.renderers.sysctl import NONLOCAL_BIND_KEYS
+from mailgate.renderers.bans import NFT, NFT_TABLE
 from mailgate.renderers.watch import PYTHON
 from mailgate.settings import Settings
 
@@ -142,6 +143,8 @@ class HostCommands:
     """Gateway: how long nginx may take after a start or reload to listen on every port."""
     python: str = PYTHON
     """Both hosts: the Python 3 the watcher's unit runs (alerts need it)."""
+    nft: str = NFT
+    """Gateway: nft, to take the ban table away when bans are turned off."""
 
     def iptables_restore(self, ip_version: int) -> str:
         tool = self.iptables if ip_version == 4 else self.ip6tables
@@ -216,10 +219,10 @@ def as_root(script: str) -> str:
 
 def render_gateway_apply(files: list[RenderedFile], commands: HostCommands = HostCommands(),
                          wait_for_cloud_init: bool | None = None, instance_id: str = "",
-                         watch: dict | None = None) -> str:
+                         timers: list[dict] | None = None) -> str:
     """`instance_id`, the VM the script is for, is part of the text so that a new VM makes
-    it a new script, which pulumi-command runs again (an update) on that VM. `watch`
-    (watch_context's): `files` hold the watcher, whose timer the script turns on or off."""
+    it a new script, which pulumi-command runs again (an update) on that VM. `timers`
+    (gateway_timers'): `files` hold their programs, each turned on or off by its config."""
     if wait_for_cloud_init is None:
         wait_for_cloud_init = commands.wait_for_cloud_init
     script_files = [ScriptFile(f.path, f.mode) for f in files]
@@ -234,14 +237,13 @@ def render_gateway_apply(files: list[RenderedFile], commands: HostCommands = Hos
         firewall_files=firewall, wait_for_cloud_init=wait_for_cloud_init, instance_id=instance_id,
         packaged_conf=NGINX_PACKAGED_CONF, stream=NGINX_STREAM,
         stream_dir=str(PurePosixPath(NGINX_STREAM).parent), stream_name=PurePosixPath(NGINX_STREAM).name,
-        ports=ports, chain=GATEWAY_INPUT_CHAIN, lock=GATEWAY_LOCK, pending=GATEWAY_PENDING, watch=watch))
+        ports=ports, chain=GATEWAY_INPUT_CHAIN, lock=GATEWAY_LOCK, pending=GATEWAY_PENDING, timers=timers or []))
 
 
 # Where the payload carries what goes into a shared file: BLOCKS_DIR + its path (and,
 # for the override, the entries beside it).
 BLOCKS_DIR = "/.mailgate-blocks"
 ENTRIES_SUFFIX = ".entries"
-
 
 # Mailcow's fail2ban (the netfilter container) bans by packet source, and behind the
 # gateway every client arrives from the gateway's tailnet address, which it does not
@@ -294,10 +296,26 @@ def _home_script_file(settings: Settings, rendered: RenderedFile) -> ScriptFile:
     return ScriptFile(rendered.path, rendered.mode, kind=kind)
 
 
-def watch_context(settings: Settings) -> dict:
-    """What the scripts need to turn the watcher's timer on or off."""
+def home_timers(settings: Settings, commands: HostCommands = HostCommands()) -> list[dict]:
+    """mailgate's timers on the Mini PC: the watcher."""
+    return [_watch_timer(settings, commands)]
+
+
+def _watch_timer(settings: Settings, commands: HostCommands) -> dict:
     names = settings.names
-    return {"watch": {"unit": names.watch_unit, "config": names.watch_config}}
+    return {"unit": names.watch_unit, "config": names.watch_config, "off": "", "why": "alerts (mailgate:alerts.to)",
+            "needs": [{"command": commands.python, "package": "python3-minimal"}]}
+
+
+def gateway_timers(settings: Settings, commands: HostCommands = HostCommands()) -> list[dict]:
+    """mailgate's timers on the gateway: the watcher, and the ban loader, whose nft table
+    goes when bans are turned off."""
+    names = settings.names
+    return [_watch_timer(settings, commands),
+            {"unit": names.bans_unit, "config": names.bans_config,
+             "off": f"{commands.nft} delete table inet {NFT_TABLE}", "why": "bans (mailgate:banlistId)",
+             "needs": [{"command": commands.python, "package": "python3-minimal"},
+                       {"command": commands.nft, "package": "nftables"}]}]
 
 
 def whitelist_context() -> dict:
@@ -328,7 +346,7 @@ def render_home_apply(settings: Settings, files: list[RenderedFile],
         dovecot_check=DOVECOT_CHECK, postfix_dir=str(PurePosixPath(home_path(settings, POSTFIX_EXTRA)).parent),
         dovecot_dir=str(PurePosixPath(home_path(settings, DOVECOT_EXTRA)).parent),
         postfix_staged=[PurePosixPath(POSTFIX_EXTRA).name, RELAY_PASSWORD_MAP],
-        sysctl_keys=NONLOCAL_BIND_KEYS, lock_wait=commands.lock_wait_seconds, **watch_context(settings),
+        sysctl_keys=NONLOCAL_BIND_KEYS, lock_wait=commands.lock_wait_seconds, timers=home_timers(settings, commands),
     ))
 
 
@@ -340,5 +358,5 @@ def render_home_restore(settings: Settings, commands: HostCommands = HostCommand
         **whitelist_context(),
         mailcow_dir=settings.home.mailcow_dir, chain=settings.names.home_twin_chain, sysctl_keys=NONLOCAL_BIND_KEYS,
         lock_wait=commands.lock_wait_seconds, files=[_home_script_file(settings, f) for f in files],
-        **splice_context(settings.names.stack), **watch_context(settings),
+        **splice_context(settings.names.stack), timers=home_timers(settings, commands),
     ))

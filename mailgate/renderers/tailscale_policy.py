@@ -14,9 +14,18 @@ from mailgate.settings import Settings, in_tailnet
 HOME_HOST_ALIAS = "mailgate-home"
 
 
+def gateway_home_ports(settings: Settings) -> list[int]:
+    """What the gateway may reach at home: the twin ports, and with bans Mailcow's HTTPS
+    port, where it fetches the ban list."""
+    ports = [s.home_port for s in settings.enabled_services]
+    if settings.bans_active and settings.bans.home_https_port not in ports:
+        ports.append(settings.bans.home_https_port)
+    return ports
+
+
 def policy(settings: Settings) -> dict[str, object]:
     tags = settings.tailscale
-    ports = ",".join(str(s.home_port) for s in settings.enabled_services)
+    ports = ",".join(str(port) for port in gateway_home_ports(settings))
     home = tags.home_tag or HOME_HOST_ALIAS
     document: dict[str, object] = {
         "tagOwners": {tag: ["autogroup:admin"] for tag in (tags.gateway_tag, tags.home_tag) if tag},
@@ -53,11 +62,12 @@ def policy_tests(settings: Settings, home: str) -> list[dict[str, object]]:
     reaches the twin ports at home and none of Mailcow's own ports, nor SSH unless the
     jump needs it; with tailscale.policyTestUser, that user's devices reach no twin port."""
     twins = [f"{home}:{s.home_port}" for s in settings.enabled_services]
+    reached = [f"{home}:{port}" for port in gateway_home_ports(settings)]
     plain = sorted({s.public_port for s in catalogue.SERVICES} | {catalogue.SSH_PORT, settings.home.ssh_port})
     if settings.home.via_gateway:
         plain = [port for port in plain if port != settings.home.ssh_port]
-    denied = [f"{home}:{port}" for port in plain if f"{home}:{port}" not in twins]
-    tests: list[dict[str, object]] = [{"src": settings.tailscale.gateway_tag, "accept": twins, "deny": denied}]
+    denied = [f"{home}:{port}" for port in plain if f"{home}:{port}" not in reached]
+    tests: list[dict[str, object]] = [{"src": settings.tailscale.gateway_tag, "accept": reached, "deny": denied}]
     if settings.tailscale.policy_test_user:
         # An untagged device (this user's) must not open the twin ports: nothing but the
         # gateway may send PROXY headers.
@@ -68,8 +78,10 @@ def policy_tests(settings: Settings, home: str) -> list[dict[str, object]]:
 def render_policy_snippet(settings: Settings) -> str:
     comment = (
         "// mailgate: merge these entries into your tailnet policy file.\n"
-        f"// {settings.tailscale.gateway_tag} may reach the Mailcow twin ports at home and nothing else\n"
-        "// there; the home firewall enforces the same rule on its side. Admins' machines may\n"
+        f"// {settings.tailscale.gateway_tag} may reach the Mailcow twin ports at home"
+        + (f" and Mailcow's HTTPS port {settings.bans.home_https_port} (the ban list)" if settings.bans_active else "")
+        + " and nothing\n"
+        "// else there; the home firewall keeps the twin ports to it on its side. Admins' machines may\n"
         "// reach the gateway's SSH port: `pulumi up` configures the gateway over the tailnet.\n"
         "// Tailscale's default rule {\"action\": \"accept\", \"src\": [\"*\"], \"dst\": [\"*:*\"]}\n"
         "// lets every device reach every other one: while it is in your policy, these rules add\n"

@@ -31,7 +31,7 @@ GATEWAY_COMMANDS = HostCommands(
     nginx_reload=f"{IN_NETNS}nginx -s reload {NGINX_ARGS}", persist_firewall="true",
     wait_for_cloud_init=False, nginx_start=f"{IN_NETNS}nginx {NGINX_ARGS}",
     nginx_active='kill -0 "$(cat "$MGLC_ROOT/run/nginx.pid" 2>/dev/null)"',
-    listening_tcp=IN_NETNS + "ss -ltnpH",
+    listening_tcp=IN_NETNS + "ss -ltnpH", nft=IN_NETNS + "nft",
 )
 # Relative paths resolve against each VM's prefix (-p), so one config fits every VM.
 GATEWAY_NGINX = NginxRuntime(user="root", pid="run/nginx.pid", error_log="log/error.log",
