@@ -18,6 +18,14 @@
                                                (a second tailnet peer, would-be spoofer)
     mglab-home 192.0.2.9 ── veth ── 192.0.2.25 mglab-relay (Postfix + SASL, the smart relay)
     mglab-gw  192.0.2.13 ── veth ── 192.0.2.25 mglab-relay (the same address on a second link)
+    mglab-attack 203.0.113.50 ── veth ── 203.0.113.10 mglab-gw (a second outside client, the
+                                               attacker of the ban checks; the same public
+                                               address on a second link)
+
+Bans (bans.py): fail2ban on home reads the Mailcow namespace's Postfix and Dovecot logs and
+writes what it bans to a file, which a small HTTPS server in mglab-mailcow (port 443,
+published like Mailcow's nginx) serves in Mailcow's ban-list format; the gateway's
+banlist.py fetches it over the tunnel and loads it into nftables.
 
 The relay is reached from both ends, as Brevo is over the internet: home's Postfix and
 watcher, and the gateway's watcher with its own key. Home reaches the gateway's public
@@ -35,9 +43,12 @@ from pathlib import Path
 STATE = Path("/tmp/mailgate-lab")  # under /tmp: Postfix's maillog_file must be there
 INET, GATEWAY, HOME, SPOOF, RELAY = "mglab-inet", "mglab-gw", "mglab-home", "mglab-spoof", "mglab-relay"
 MAILCOW = "mglab-mailcow"  # Mailcow's containers, behind home as behind Docker's bridge
-NAMESPACES = (INET, GATEWAY, HOME, SPOOF, RELAY, MAILCOW)
+ATTACK = "mglab-attack"  # a second client on the internet side, which the ban checks get banned
+NAMESPACES = (INET, GATEWAY, HOME, SPOOF, RELAY, MAILCOW, ATTACK)
 
 CLIENT_IP = "198.51.100.7"
+# Outside the example stack's admin CIDRs (198.51.100.0/24), which the gateway never bans.
+ATTACKER_IP = "203.0.113.50"
 PUBLIC_IP = "203.0.113.10"
 GATEWAY_UNDERLAY, HOME_UNDERLAY = "192.0.2.1", "192.0.2.2"
 HOME_SPOOF_UNDERLAY, SPOOF_UNDERLAY = "192.0.2.5", "192.0.2.6"

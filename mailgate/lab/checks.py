@@ -313,6 +313,8 @@ def run_checks(settings: Settings, imap_idle: float | None = None) -> list[Resul
         results += filter_holds_after_restarts(settings)
         results.append(gateway_survives_home_outage())
         results.append(queued_during_outage_then_delivered_once())
+        from mailgate.lab.ban_checks import bans_bite  # it uses this module's probe
+        results += bans_bite(settings)
         # Last: the watchers probe every port, which the log-reading checks above must not see.
         results += watchers.flapping_sends_nothing(settings)
         results += watchers.outage_alerts_once_then_recovers(settings)

@@ -48,7 +48,8 @@ IMAP_TIMEOUT = GATEWAY_DIR / "imap-timeout"  # the IMAP proxy_timeout rendered f
 RELAY_DIR = STATE / "relay"
 RELAY_LOG = RELAY_DIR / "postfix.log"
 RELAY_TLS = RELAY_DIR / "tls"
-RELAY_CA = RELAY_TLS / "ca.pem"
+RELAY_CA = RELAY_TLS / "ca.pem"  # the lab CA: the relay's and the ban list's certificates
+CA_KEY = RELAY_TLS / "ca.key"
 HOSTS = STATE / "hosts"
 SENDER_DIR = STATE / "inet" / "postfix"
 SENDER_LOG = STATE / "inet" / "postfix.log"
@@ -63,22 +64,28 @@ def make_tls() -> None:
 
 
 def make_relay_tls(relay_host: str) -> None:
-    """A CA and, signed by it, a certificate for the relay's host name (SAN), as a
-    client that verifies (Python's ssl, strict X.509 checks included) requires."""
+    """A CA for the lab and, signed by it, a certificate for the relay's host name."""
     RELAY_TLS.mkdir(parents=True)
-    ca_key, key, request = RELAY_TLS / "ca.key", RELAY_TLS / "key.pem", RELAY_TLS / "cert.csr"
     run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-         "-subj", "/CN=mailgate lab CA", "-keyout", str(ca_key), "-out", str(RELAY_CA),
+         "-subj", "/CN=mailgate lab CA", "-keyout", str(CA_KEY), "-out", str(RELAY_CA),
          "-addext", "basicConstraints=critical,CA:TRUE",
          "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
-    run(["openssl", "req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={relay_host}",
+    issue_certificate(relay_host, RELAY_TLS)
+
+
+def issue_certificate(host: str, directory: Path) -> None:
+    """key.pem and cert.pem in `directory`: a certificate for `host` (SAN) signed by the
+    lab CA, as a client that verifies (Python's ssl, strict X.509 checks included) requires."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key, request = directory / "key.pem", directory / "cert.csr"
+    run(["openssl", "req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={host}",
          "-keyout", str(key), "-out", str(request)])
-    extensions = RELAY_TLS / "extensions.cnf"
-    extensions.write_text(f"subjectAltName=DNS:{relay_host}\nbasicConstraints=critical,CA:FALSE\n"
+    extensions = directory / "extensions.cnf"
+    extensions.write_text(f"subjectAltName=DNS:{host}\nbasicConstraints=critical,CA:FALSE\n"
                           "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
                           "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid:always\n")
-    run(["openssl", "x509", "-req", "-in", str(request), "-CA", str(RELAY_CA), "-CAkey", str(ca_key),
-         "-CAcreateserial", "-days", "2", "-extfile", str(extensions), "-out", str(RELAY_TLS / "cert.pem")])
+    run(["openssl", "x509", "-req", "-in", str(request), "-CA", str(RELAY_CA), "-CAkey", str(CA_KEY),
+         "-CAcreateserial", "-days", "2", "-extfile", str(extensions), "-out", str(directory / "cert.pem")])
 
 
 def lab_extra_cf(settings: Settings) -> str:
@@ -221,7 +228,9 @@ def stop_postfix() -> None:
 
 
 def require_programs() -> None:
-    missing = [p for p in ("nginx", "postfix", "dovecot", "wireguard-go", "wg", "openssl", "iptables")
+    programs = ("nginx", "postfix", "dovecot", "wireguard-go", "wg", "openssl", "iptables",
+                "fail2ban-server", "fail2ban-client", "nft")
+    missing = [p for p in programs
                if shutil.which(p) is None and not Path("/usr/sbin", p).exists()]
     if missing:
         raise LabError(f"missing programs: {', '.join(missing)} (run bash scripts/setup.sh as root)")

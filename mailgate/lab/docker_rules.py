@@ -28,9 +28,11 @@ RAW_RULE = f"-d {CONTAINER_IP}/32 ! -i {BRIDGE} -j DROP"
 
 def published(settings: Settings) -> list[tuple[str | None, int]]:
     """(host address or None for every address, port) of each port Docker publishes:
-    Mailcow's plain ports and mailgate's twins (container port = host port)."""
+    Mailcow's plain ports, its nginx's HTTPS port (the ban list; the lab's stand-in
+    listens there) and mailgate's twins (container port = host port)."""
     services = [s for s in settings.enabled_services if s.proxy_protocol]
-    return [(None, s.public_port) for s in services] + [(HOME_TAILNET, s.home_port) for s in services]
+    return ([(None, s.public_port) for s in services] + [(None, settings.bans.home_https_port)]
+            + [(HOME_TAILNET, s.home_port) for s in services])
 
 
 def rules(settings: Settings) -> str:

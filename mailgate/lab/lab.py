@@ -5,15 +5,17 @@ from __future__ import annotations
 import shutil
 
 from mailgate.lab import HOME_TAILNET, NAMESPACES, STATE
-from mailgate.lab import daemons, tailnet, topology
+from mailgate.lab import bans, daemons, tailnet, topology
 from mailgate.lab.system import LabError, alive, recorded_pids, stop
 from mailgate.settings import Settings
 
 
 def lab_settings(settings: Settings) -> Settings:
-    """The stack's settings with the lab's home tailnet address (the only change)."""
+    """The stack's settings with the lab's home tailnet address, and bans on (the lab's
+    own ban-list id stands in for the secret mailgate:banlistId): the only changes."""
     home = settings.home.model_copy(update={"tailnet_ip": HOME_TAILNET})
-    return settings.model_copy(update={"home": home})
+    bans_on = settings.bans.model_copy(update={"enabled": True})
+    return settings.model_copy(update={"home": home, "bans": bans_on})
 
 
 def up(settings: Settings, home_firewall: bool = True, nginx_edit=None, tailnet_policy: bool = True,
@@ -33,6 +35,7 @@ def up(settings: Settings, home_firewall: bool = True, nginx_edit=None, tailnet_
         daemons.start_relay(settings)
         tailnet.start_tailscaled()
         daemons.start_home(settings, home_firewall=home_firewall)
+        bans.start(settings)
         if tailnet_policy:
             tailnet.apply(settings)  # before Docker's DNAT, as Tailscale filters before the host does
         daemons.start_gateway(settings, nginx_edit, imap_timeout)

@@ -211,7 +211,69 @@ def hold(host: str, port: str, count: str, seconds: str) -> dict:
     return {"opened": len(sockets), "still_open": alive}
 
 
-ACTIONS = {"idle": idle, "reach": reach, "submit": submit, "latency": latency, "hold": hold, "send": send, "banner": banner, "connect": connect, "forge": forge, "fetch": fetch}
+def banners(host: str, ports: str) -> dict:
+    """To each port at once: connect and read the first words (after TLS on 465 and 993)."""
+    def one(port: str) -> str:
+        said = banner(host, port)
+        return (said["banner"] or "").strip()[:40] if said["banner"] is not None else said["error"]
+
+    port_list = ports.split(",")
+    with ThreadPoolExecutor(len(port_list)) as pool:
+        return dict(zip(port_list, pool.map(one, port_list)))
+
+
+def _one_failure(login) -> str:
+    try:
+        return login()
+    except (OSError, smtplib.SMTPException, imaplib.IMAP4.error) as error:
+        return type(error).__name__
+
+
+def imap_fail(host: str, user: str, count: str) -> dict:
+    """`count` IMAPS logins with a wrong password at once, each on its own connection, so
+    each is one logged failure. "refused" for each the server turned down."""
+    def login() -> str:
+        client = imaplib.IMAP4_SSL(host, 993, ssl_context=_tls(), timeout=TIMEOUT)
+        try:
+            client.login(user, "not-the-password")
+            return "accepted"
+        except imaplib.IMAP4.error:
+            return "refused"
+        finally:
+            try:
+                client.logout()
+            except (imaplib.IMAP4.error, OSError):
+                pass
+
+    with ThreadPoolExecutor(min(int(count), 20)) as pool:
+        return {"answers": list(pool.map(lambda _: _one_failure(login), range(min(int(count), 20))))}
+
+
+def smtp_auth_fail(host: str, user: str, count: str) -> dict:
+    """`count` AUTH PLAIN attempts with a wrong password on 587 (STARTTLS) at once, one
+    per connection and one mechanism only, so each is one logged failure."""
+    def login() -> str:
+        client = _smtp(host, 587)
+        try:
+            client.user, client.password = user, "not-the-password"
+            client.auth("PLAIN", client.auth_plain)
+            return "accepted"
+        except smtplib.SMTPAuthenticationError:
+            return "refused"
+        except smtplib.SMTPException as error:
+            return f"{type(error).__name__}: {error}"[:80]
+        finally:
+            try:
+                client.quit()
+            except (smtplib.SMTPException, OSError):
+                pass
+
+    with ThreadPoolExecutor(min(int(count), 20)) as pool:
+        return {"answers": list(pool.map(lambda _: _one_failure(login), range(min(int(count), 20))))}
+
+
+ACTIONS = {"idle": idle, "reach": reach, "submit": submit, "latency": latency, "hold": hold, "send": send, "banner": banner, "connect": connect, "forge": forge, "fetch": fetch,
+           "banners": banners, "imap_fail": imap_fail, "smtp_auth_fail": smtp_auth_fail}
 
 if __name__ == "__main__":
     print(json.dumps(ACTIONS[sys.argv[1]](*sys.argv[2:])))

@@ -24,7 +24,8 @@ pytestmark = pytest.mark.lab
 def lab_machine():
     need(sys.platform == "linux", "the lab needs Linux network namespaces")
     need_root()
-    for program in ("nginx", "postfix", "dovecot", "wireguard-go", "wg", "openssl", "iptables"):
+    for program in ("nginx", "postfix", "dovecot", "wireguard-go", "wg", "openssl", "iptables",
+                    "fail2ban-server", "nft"):
         need_program(program)
     need(__import__("os").path.exists("/dev/net/tun"), "wireguard-go needs /dev/net/tun")
     with exclusive():  # another run of these tests on this machine waits instead of clobbering
@@ -51,11 +52,16 @@ def test_up_check_down_through_the_command_line():
     assert up.returncode == 0, up.stderr
     assert mailgate("up", "--imap-timeout", "10").returncode == 0  # idempotent: a second up rebuilds cleanly
     pids = recorded_pids()
-    assert len(pids) == 9 and all(alive(pid) for pid in pids.values())
+    assert len(pids) == 11 and all(alive(pid) for pid in pids.values())
     check = mailgate("check")
     print(check.stdout)
     assert check.returncode == 0, check.stdout
-    assert check.stdout.splitlines()[-1] == "29 passed, 0 failed"
+    assert check.stdout.splitlines()[-1] == "40 passed, 0 failed"
+    # Bans: fail2ban at home bans, the gateway drops, failures keep the set, an unban lifts.
+    assert "PASS  then the gateway drops its SYNs to every public port within one interval" in check.stdout
+    assert "PASS  home unreachable (tunnel down): the gateway keeps its last good set" in check.stdout
+    assert "PASS  `fail2ban-client unban` at home lets the attacker in again" in check.stdout
+    assert "PASS  a list with 0.0.0.0/0, ::/0, 198.51.100.0/24" in check.stdout
     for end in ("the gateway's", "home's"):  # the watcher pair, against the lab's relay
         assert f"): {end} watcher sends one alert, then one recovery, through the relay: relay saw 1 alert(s), 1 recovery(ies)" in check.stdout
         assert f"PASS  tunnel flapping (3 outages, each seen at 2 runs, threshold 5 s): {end} watcher sends nothing" in check.stdout
@@ -145,6 +151,8 @@ def test_bench_measures_every_path_and_holds_the_idle_sessions(dev_settings):
         lab.down()
     table = "\n".join(lines)
     assert "| via gateway (nginx + PROXY + WireGuard) |" in table and "| tunnel only |" in table
+    assert "| via gateway, 10,000 IPv4 networks banned |" in table and "| via gateway, bans on, 0 banned |" in table
+    assert "networks banned (+" in table  # banlist.py's own line from loading the 10,000-entry list
     assert "200 opened, 200 still open after 5 s idle" in table
 
 
@@ -192,3 +200,24 @@ def test_a_gateway_watcher_with_the_wrong_relay_key_gets_no_alert_through(dev_se
     assert not gateway.passed and "relay saw 0 alert(s), 0 recovery(ies) from 192.0.2.13" in gateway.detail, gateway.detail
     assert "authentication failed" in gateway.detail, gateway.detail
     assert home.passed, home.detail
+
+
+def test_without_the_gateways_drop_rule_a_banned_attacker_gets_through(dev_settings):
+    # banlist.py's nft input without its rules: fail2ban bans at home and the gateway's set
+    # holds the attacker, but nothing drops its packets, and the check says so.
+    from mailgate.lab import bans
+    from mailgate.lab.ban_checks import attacker_is_banned
+
+    lab.up(dev_settings)
+    no_rules = STATE / "nft-without-rules"
+    no_rules.write_text("#!/bin/sh\ngrep -v '^add rule' | /usr/sbin/nft \"$@\"\n")
+    no_rules.chmod(0o755)
+    try:
+        with bans.fetching(lambda config: {**config, "nft": str(no_rules)}) as fetcher:
+            at_home, at_gateway, bystander = attacker_is_banned(lab.lab_settings(dev_settings), fetcher, "imap")
+    finally:
+        lab.down()
+    assert at_home.passed, at_home.detail
+    assert not at_gateway.passed and "s: True;" in at_gateway.detail, at_gateway.detail
+    assert "'25': 'open'" in at_gateway.detail and "'993': 'open'" in at_gateway.detail, at_gateway.detail
+    assert bystander.passed, bystander.detail
