@@ -54,19 +54,23 @@ def test_what_is_banned_and_what_never_is(dev_raw):
         "10.0.0.2/32",             # the VCN
         "192.0.2.200/32",          # bans.neverBan
         "127.0.0.1",
-        "not-an-address",
+        "spammer.example.net",     # a blacklisted host name: not enforced, no sign of garbage
+        "not an address!",
     ])
     networks, counts = banlist.select(text, config)
     assert networks == ["198.51.100.200/31", "203.0.113.77/32", "2001:db8:77::/64"]
-    assert counts == {"lines": 18, "not an address": 1, "too wide": 4, "never banned": 8, "over the cap": 0}
+    assert counts == {"lines": 19, "host name": 1, "not an address": 1, "too wide": 4, "never banned": 8,
+                      "over the cap": 0}
 
 
 def test_a_page_that_is_not_a_list_is_refused_whole_and_an_empty_list_bans_nothing(dev_raw):
     config = config_for(dev_raw)
     with pytest.raises(banlist.Unusable, match="3 of 4 lines are not addresses"):
         banlist.select("<html>\n<body>Login</body>\n203.0.113.9\n</html>", config)
-    assert banlist.select("", config) == ([], {"lines": 0, "not an address": 0, "too wide": 0,
-                                               "never banned": 0, "over the cap": 0})
+    assert banlist.select("", config)[0] == []
+    # A blacklist of host names with no ban in force is a list, not garbage.
+    assert banlist.select("mx.spam.example\nbad.example.org", config) == ([], {
+        "lines": 2, "host name": 2, "not an address": 0, "too wide": 0, "never banned": 0, "over the cap": 0})
 
 
 def test_the_set_is_capped(dev_raw):

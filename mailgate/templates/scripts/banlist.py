@@ -25,6 +25,7 @@ import http.client
 import ipaddress
 import json
 import os
+import re
 import socket
 import ssl
 import subprocess
@@ -35,6 +36,7 @@ import urllib.parse
 CONFIG_NAME = "bans.json"
 STATE_NAME = "state.json"
 MAX_BYTES = 16 * 1024 * 1024
+HOST_NAME = re.compile(r"^(?=.*[A-Za-z])[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.?$")
 
 
 class Unusable(Exception):
@@ -73,7 +75,8 @@ def select(text: str, config: dict) -> tuple[list[str], dict[str, int]]:
     """The networks to ban (collapsed, both families) and what was left out, by reason."""
     never = [ipaddress.ip_network(network) for network in config["never"]]
     widest = {4: int(config["max_prefix"]["4"]), 6: int(config["max_prefix"]["6"])}
-    counts = {"lines": 0, "not an address": 0, "too wide": 0, "never banned": 0, "over the cap": 0}
+    counts = {"lines": 0, "host name": 0, "not an address": 0, "too wide": 0, "never banned": 0,
+              "over the cap": 0}
     chosen: dict[int, list] = {4: [], 6: []}
     for line in text.splitlines():
         entry = line.strip()
@@ -83,7 +86,9 @@ def select(text: str, config: dict) -> tuple[list[str], dict[str, int]]:
         try:
             network = ipaddress.ip_network(entry, strict=False)
         except ValueError:
-            counts["not an address"] += 1
+            # Mailcow's blacklist may hold host names as the admin typed them: not enforced
+            # here (resolving them is the admin's business), but a sign of a real list.
+            counts["host name" if HOST_NAME.match(entry) else "not an address"] += 1
             continue
         if network.prefixlen < widest[network.version]:
             counts["too wide"] += 1
@@ -92,7 +97,8 @@ def select(text: str, config: dict) -> tuple[list[str], dict[str, int]]:
         else:
             chosen[network.version].append(network)
     if counts["lines"] and counts["not an address"] * 2 > counts["lines"]:
-        # Mostly not addresses: an error page or a proxy's answer, not Mailcow's list.
+        # Mostly neither addresses nor names: an error page or a proxy's answer, not
+        # Mailcow's list.
         raise Unusable(f"{counts['not an address']} of {counts['lines']} lines are not addresses")
     merged = [str(network) for version in (4, 6) for network in ipaddress.collapse_addresses(chosen[version])]
     cap = int(config["max_entries"])
