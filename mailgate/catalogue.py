@@ -46,16 +46,23 @@ class Service:
     timeout: IdleTimeout
     default_enabled: bool
     group: str
-    """'mail' services are chosen with mailgate:services; 'web' with mailgate:web.enabled."""
+    """'mail' services are chosen with mailgate:services, 'web' with mailgate:web.enabled,
+    'acme' with mailgate:acme.method (or web.enabled)."""
     description: str
     srv: str | None = None
     """RFC 6186/8314/5804 SRV service label that lets mail clients find the port."""
     implicit_tls: bool = False
     """TLS from the first byte (the daemon greets only after the handshake)."""
+    gateway_http: bool = False
+    """Answered by the gateway's own nginx http server, not passed through as a stream: only
+    ACME's challenge path reaches home_port, every other request is answered at the gateway."""
 
 
 MAIL = "mail"
 WEB = "web"
+ACME = "acme"
+# The only path of Mailcow's web on port 80 the gateway passes home (RFC 8555 8.3).
+ACME_CHALLENGE_PATH = "/.well-known/acme-challenge/"
 
 SERVICES: tuple[Service, ...] = (
     Service("smtp", 25, 10025, True, "postfix-mailcow", "SMTP_PORT_HAPROXY",
@@ -75,9 +82,12 @@ SERVICES: tuple[Service, ...] = (
             IdleTimeout.POP3, False, MAIL, "POP3, STARTTLS", srv="pop3"),
     Service("pop3s", 995, 10995, True, "dovecot-mailcow", "POPS_PORT_HAPROXY",
             IdleTimeout.POP3, False, MAIL, "POP3, implicit TLS", srv="pop3s", implicit_tls=True),
-    # Mailcow's web has no PROXY twin: the stream is passed through as plain TCP.
+    # Port 80 is the gateway's own http server: ACME's HTTP-01 challenge goes home to
+    # Mailcow's web (no PROXY header: nginx-mailcow has no twin listener), nothing else does.
     Service("http", 80, 80, False, "nginx-mailcow", None,
-            IdleTimeout.WEB, False, WEB, "ACME HTTP-01, redirect to HTTPS"),
+            IdleTimeout.WEB, True, ACME, "ACME HTTP-01 challenges only; any other request is "
+            "answered by the gateway", gateway_http=True),
+    # Mailcow's web has no PROXY twin: the stream is passed through as plain TCP.
     Service("https", 443, 443, False, "nginx-mailcow", None,
             IdleTimeout.WEB, False, WEB, "webmail, admin UI, autodiscover", implicit_tls=True),
 )
@@ -88,6 +98,8 @@ DEFAULT_MAIL_SERVICES: tuple[str, ...] = tuple(
     s.name for s in SERVICES if s.group == MAIL and s.default_enabled
 )
 WEB_SERVICES: tuple[Service, ...] = tuple(s for s in SERVICES if s.group == WEB)
+HTTP_SERVICE: Service = next(s for s in SERVICES if s.group == ACME)
+STREAM_SERVICES: tuple[Service, ...] = tuple(s for s in SERVICES if not s.gateway_http)
 PROXY_SERVICES: tuple[Service, ...] = tuple(s for s in SERVICES if s.proxy_protocol)
 
 # Tailscale's default port for direct (peer-to-peer) WireGuard connections.
@@ -95,13 +107,12 @@ TAILSCALE_DIRECT_UDP_PORT = 41641
 SSH_PORT = 22
 
 
-def enabled(mail_service_names: tuple[str, ...], web_enabled: bool) -> tuple[Service, ...]:
-    """The services to forward, in catalogue order."""
+def enabled(mail_service_names: tuple[str, ...], web_enabled: bool, http_port: bool) -> tuple[Service, ...]:
+    """The services to forward, in catalogue order. `http_port`: the gateway answers port
+    80 (ACME's HTTP-01, or web forwarding's redirect to HTTPS)."""
     chosen = set(mail_service_names)
-    return tuple(
-        s for s in SERVICES
-        if (s.group == MAIL and s.name in chosen) or (s.group == WEB and web_enabled)
-    )
+    wanted = {MAIL: lambda s: s.name in chosen, WEB: lambda s: web_enabled, ACME: lambda s: http_port}
+    return tuple(s for s in SERVICES if wanted[s.group](s))
 
 
 def port_map(services: tuple[Service, ...]) -> list[dict[str, object]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 from pydantic import ValidationError
@@ -31,6 +32,7 @@ def key_path(namespace: str, location: tuple[int | str, ...]) -> str:
     return text
 
 
+_SNAKE = re.compile(r"_([a-z0-9])")
 _EXPECTATIONS = {
     "missing": "missing; this key is required",
     "extra_forbidden": "unknown key; check the spelling against the README's configuration table",
@@ -47,6 +49,9 @@ def problems_from_validation_error(
     for item in error.errors(include_url=False):
         # Validator internals such as 'function-after[...]' are not keys the user typed.
         location = tuple(p for p in item["loc"] if isinstance(p, int) or p.isidentifier())
+        if item["type"] != "extra_forbidden":
+            # A key validated at its default is named by its field, not by the key users type.
+            location = tuple(p if isinstance(p, int) else _SNAKE.sub(lambda m: m[1].upper(), p) for p in location)
         hint = (missing_hints or {}).get(location) if item["type"] == "missing" else None
         message = (hint(item["input"] if isinstance(item["input"], dict) else {}) if hint
                    else _EXPECTATIONS.get(item["type"]) or item["msg"].removeprefix("Value error, "))

@@ -13,7 +13,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -183,6 +183,9 @@ def _distinct(values: list[str]) -> None:
 
 
 def _service_name(name: str) -> str:
+    if name == catalogue.HTTP_SERVICE.name:
+        raise ValueError(f"{name!r} (port 80) is opened by mailgate:acme.method http-01 (the "
+                         "default) or mailgate:web.enabled; remove it from this list")
     if name in (s.name for s in catalogue.WEB_SERVICES):
         raise ValueError(f"{name!r} is web forwarding; set mailgate:web.enabled instead")
     if name not in catalogue.MAIL_SERVICE_NAMES:
@@ -599,9 +602,101 @@ class TailscaleSettings(Strict):
 class WebSettings(Strict):
     enabled: bool = Field(
         False,
-        description="Forward 80/443 to Mailcow's web server (ACME HTTP-01, webmail, "
-        "autodiscover) as plain TCP.",
+        description="Forward 443 to Mailcow's web server (webmail, admin UI, autodiscover) as "
+        "plain TCP; port 80 then redirects to it.",
     )
+
+
+ACME_METHODS = ("http-01", "dns-01", "none")
+# An acme.sh DNS API script's name (github.com/acmesh-official/acme.sh/wiki/dnsapi).
+DNS_API = re.compile(r"^dns_[a-z0-9_]+$")
+# A name in a dns-01.conf line, which Mailcow's loader exports as an environment variable.
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ACME_CREDENTIALS = "acmeDnsCredentials"
+
+
+def _san(value: str) -> str:
+    if value.startswith("*."):
+        return "*." + _hostname(value[2:])
+    return _hostname(value)
+
+
+class AcmeSettings(Strict):
+    method: Literal["http-01", "dns-01", "none"] = Field(
+        "http-01",
+        description="How Mailcow proves it owns its names to Let's Encrypt: http-01 (the gateway "
+        "answers port 80 and passes only /.well-known/acme-challenge/ home), dns-01 (Mailcow's "
+        "acme container writes TXT records through your DNS provider's API; no port 80), or none "
+        "(mailgate leaves Mailcow's certificate settings alone and opens no port 80).",
+    )
+    dns_provider: str | None = Field(
+        None,
+        validate_default=True,
+        description="dns-01: the acme.sh DNS API of your DNS provider (ACME_DNS_PROVIDER), e.g. "
+        "dns_cf for Cloudflare; its credentials go in the secret mailgate:acmeDnsCredentials.",
+    )
+    account_email: str | None = Field(
+        None,
+        description="dns-01: the ACME account's contact address (ACME_ACCOUNT_EMAIL); empty "
+        "leaves Mailcow's value.",
+    )
+    additional_san: list[Annotated[str, AfterValidator(_san)]] | None = Field(
+        None,
+        description="More names for Mailcow's certificate (ADDITIONAL_SAN); each one's A record "
+        "must point at the gateway. Empty leaves Mailcow's value; '*.' names need dns-01.",
+    )
+    autodiscover_san: bool | None = Field(
+        None,
+        description="Add autodiscover.<domain> and autoconfig.<domain> to the certificate "
+        "(AUTODISCOVER_SAN); empty leaves Mailcow's value (on by default). Unless false, their "
+        "records are in publish/dns-records.txt.",
+    )
+
+    @field_validator("dns_provider")
+    @classmethod
+    def _provider(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None and info.data.get("method") == "dns-01":
+            raise ValueError(
+                "missing; mailgate:acme.method dns-01 needs the acme.sh DNS API of your DNS provider, "
+                "e.g. `pulumi config set --path 'mailgate:acme.dnsProvider' dns_cf`")
+        if value is not None and not DNS_API.match(value):
+            raise ValueError(f"{value!r} is not an acme.sh DNS API name; expected e.g. dns_cf, "
+                             "dns_hetznercloud (github.com/acmesh-official/acme.sh/wiki/dnsapi)")
+        return value
+
+    @field_validator("account_email")
+    @classmethod
+    def _account(cls, value: str | None) -> str | None:
+        return None if value is None else _email(value)
+
+    @field_validator("additional_san")
+    @classmethod
+    def _sans(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if value is None:
+            return value
+        _distinct(value)
+        wildcards = [name for name in value if name.startswith("*.")]
+        if wildcards and info.data.get("method") != "dns-01":
+            raise ValueError(f"{wildcards[0]} is a wildcard, which only dns-01 can prove; expected "
+                             "plain names, or mailgate:acme.method dns-01")
+        return value
+
+
+def acme_credentials_problems(value: object) -> list[str]:
+    """What is wrong with the secret mailgate:acmeDnsCredentials, an object of variable name
+    -> value (one per line of Mailcow's dns-01.conf). Never quotes a value."""
+    key = f"{NAMESPACE}:{ACME_CREDENTIALS}"
+    example = f"`pulumi config set --secret --path '{key}.CF_Token' <token>`"
+    if not isinstance(value, dict) or not value:
+        return [f"{key}: expected an object of your DNS provider's variables, set one by one with {example}"]
+    problems = []
+    for name, item in value.items():
+        if not ENV_NAME.match(str(name)):
+            problems.append(f"{key}.{name}: not a variable name; expected letters, digits and '_' "
+                            "(as acme.sh's DNS API documents them, e.g. CF_Token)")
+        elif not isinstance(item, str) or not item or any(c in item for c in "\r\n\0"):
+            problems.append(f"{key}.{name}: expected a non-empty text of one line")
+    return problems
 
 
 EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&*+/=?^_`{|}~-]+@(?P<domain>[^@\s]+)$")
@@ -706,6 +801,8 @@ class Settings(Strict):
         default_factory=TailscaleSettings, description="Tailnet tags, key and policy."
     )
     web: WebSettings = Field(default_factory=WebSettings, description="Web forwarding (opt-in).")
+    acme: AcmeSettings = Field(
+        default_factory=AcmeSettings, description="Mailcow's certificate from Let's Encrypt.")
     alerts: AlertSettings = Field(
         default_factory=AlertSettings,
         description="Each end watches the other and mails one alert when it goes dark.",
@@ -746,7 +843,8 @@ class Settings(Strict):
 
     @property
     def enabled_services(self) -> tuple[catalogue.Service, ...]:
-        return catalogue.enabled(tuple(self.services), self.web.enabled)
+        return catalogue.enabled(tuple(self.services), self.web.enabled,
+                                 self.acme.method == "http-01" or self.web.enabled)
 
     @property
     def names(self) -> StackNames:
@@ -769,6 +867,9 @@ SECRET_KEYS: dict[str, str] = {
     "the gateway fetches the list with it; anyone who has it can read your bans.",
     "alertsWebhookUrl": "A webhook URL the watchers also POST their alerts to, as JSON with "
     "`text` (what Slack's and Mattermost's incoming webhooks read), `title` and `status`.",
+    ACME_CREDENTIALS: "dns-01: your DNS provider's API credentials for Mailcow's acme "
+    "container, an object of the variables acme.sh's DNS API names (Cloudflare: CF_Token, "
+    "CF_Account_ID); written to data/conf/acme/dns-01.conf, mode 0600.",
 }
 # With alerts on, the gateway needs a way to send that does not go through home.
 GATEWAY_ALERT_CHANNELS = ("alertsRelayPassword", "alertsWebhookUrl")
@@ -845,6 +946,11 @@ def load_settings(
                 )
     if settings is not None:
         problems.extend(_alert_problems(settings, secrets_present))
+        if secrets_present is not None and settings.acme.method == "dns-01" and ACME_CREDENTIALS not in secrets_present:
+            problems.append(
+                f"{NAMESPACE}:acme.method: dns-01, but Mailcow has no credentials for "
+                f"{settings.acme.dns_provider}; set each variable its API needs with `pulumi config set "
+                f"--secret --path '{NAMESPACE}:{ACME_CREDENTIALS}.<NAME>' <value>`")
         if secrets_present is not None and settings.bans.enabled and "banlistId" not in secrets_present:
             problems.append(
                 f"{NAMESPACE}:bans.enabled: true, but there is no ban list to fetch; set its id with "

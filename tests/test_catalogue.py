@@ -9,7 +9,7 @@ EXPECTED = {  # service: (public, twin, default on)
     "submission": (587, 10587, True), "imap": (143, 10143, True),
     "imaps": (993, 10993, True), "managesieve": (4190, 14190, True),
     "pop3": (110, 10110, False), "pop3s": (995, 10995, False),
-    "http": (80, 80, False), "https": (443, 443, False),
+    "http": (80, 80, True), "https": (443, 443, False),  # port 80: ACME http-01 by default
 }
 
 
@@ -39,10 +39,18 @@ def test_idle_timeouts_are_above_the_protocol_minimums():
     assert all(by_name[n].timeout.seconds >= 10 * 60 for n in ("smtp", "submission", "submissions"))
 
 
-def test_enabled_keeps_catalogue_order_and_web_follows_its_switch():
+def test_enabled_keeps_catalogue_order_and_web_and_port_80_follow_their_switches():
     names = lambda services: [s.name for s in services]  # noqa: E731
-    assert names(catalogue.enabled(("imaps", "smtp"), False)) == ["smtp", "imaps"]
-    assert names(catalogue.enabled(("smtp",), True)) == ["smtp", "http", "https"]
+    assert names(catalogue.enabled(("imaps", "smtp"), False, False)) == ["smtp", "imaps"]
+    assert names(catalogue.enabled(("imaps", "smtp"), False, True)) == ["smtp", "imaps", "http"]
+    assert names(catalogue.enabled(("smtp",), True, True)) == ["smtp", "http", "https"]
+
+
+def test_port_80_is_the_gateways_own_http_server_and_never_a_stream():
+    http = catalogue.HTTP_SERVICE
+    assert (http.public_port, http.home_port, http.proxy_protocol, http.gateway_http) == (80, 80, False, True)
+    assert http not in catalogue.STREAM_SERVICES and http not in catalogue.PROXY_SERVICES
+    assert [s for s in catalogue.SERVICES if s.gateway_http] == [http]
 
 
 def test_port_map_is_plain_data_per_service():

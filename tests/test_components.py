@@ -66,7 +66,7 @@ def test_tailnet_manages_the_policy_only_when_asked(dev_raw, dev_settings):
 
 
 def test_network_takes_its_ports_from_the_services_it_is_given(dev_raw, dev_settings):
-    web_only = catalogue.WEB_SERVICES
+    web_only = catalogue.WEB_SERVICES + (catalogue.HTTP_SERVICE,)
 
     def program():
         GatewayNetwork("net", GatewayNetworkArgs(dev_settings.gateway, web_only, dev_settings.names))

@@ -14,11 +14,12 @@ SECURITY_LIST = "oci:Core/securityList:SecurityList"
 WORLD = {"0.0.0.0/0", "::/0"}
 
 
-def _stack(dev_raw, services=None, web=False, ipv6=False) -> dict:
+def _stack(dev_raw, services=None, web=False, ipv6=False, acme="http-01") -> dict:
     raw = copy.deepcopy(dev_raw)
     if services is not None:
         raw["services"] = services
     raw["web"] = {"enabled": web}
+    raw["acme"] = {"method": acme}
     raw["gateway"]["ipv6"] = ipv6
     return raw
 
@@ -38,11 +39,14 @@ def _ingress(run) -> list[tuple]:
     return [_rule_key(rule) for rule in run.inputs(SECURITY_LIST)["ingressSecurityRules"]]
 
 
-def _expected(services: list[str], web: bool, ipv6: bool, admin_cidrs: list[str]) -> set[tuple]:
-    """Written out from the issue's requirements, independently of the component."""
+def _expected(services: list[str], web: bool, ipv6: bool, admin_cidrs: list[str], acme: str) -> set[tuple]:
+    """Written out from the issues' requirements, independently of the component: port 80
+    for ACME's HTTP-01 or web's redirect, 443 for web forwarding."""
     ports = [catalogue.BY_NAME[name].public_port for name in services]
+    if acme == "http-01" or web:
+        ports += [80]
     if web:
-        ports += [80, 443]
+        ports += [443]
     worlds = ["0.0.0.0/0", "::/0"] if ipv6 else ["0.0.0.0/0"]
     expected = {("6", world, ("ports", float(p), float(p))) for world in worlds for p in ports}
     expected.add(("1", "0.0.0.0/0", ("icmp", 3.0, 4.0)))
@@ -57,26 +61,26 @@ def _expected(services: list[str], web: bool, ipv6: bool, admin_cidrs: list[str]
 
 
 PORT_SETS = [
-    pytest.param(None, False, False, id="defaults"),
-    pytest.param(["smtp"], False, False, id="mx-only"),
-    pytest.param(list(catalogue.MAIL_SERVICE_NAMES), True, False, id="everything"),
-    pytest.param(["smtp", "imaps", "submissions"], False, True, id="some-ipv6"),
-    pytest.param(None, True, True, id="defaults-web-ipv6"),
+    pytest.param(None, False, False, "http-01", id="defaults"),
+    pytest.param(["smtp"], False, False, "none", id="mx-only-no-acme"),
+    pytest.param(list(catalogue.MAIL_SERVICE_NAMES), True, False, "http-01", id="everything"),
+    pytest.param(["smtp", "imaps", "submissions"], False, True, "http-01", id="some-ipv6"),
+    pytest.param(None, True, True, "none", id="defaults-web-ipv6-no-acme"),
 ]
 
 
-@pytest.mark.parametrize("services, web, ipv6", PORT_SETS)
-def test_security_list_is_exactly_the_catalogue(dev_raw, services, web, ipv6):
-    raw = _stack(dev_raw, services, web, ipv6)
+@pytest.mark.parametrize("services, web, ipv6, acme", PORT_SETS)
+def test_security_list_is_exactly_the_catalogue(dev_raw, services, web, ipv6, acme):
+    raw = _stack(dev_raw, services, web, ipv6, acme)
     rules = _ingress(run_program(raw))
     assert len(rules) == len(set(rules)), "a rule is listed twice"
-    assert set(rules) == _expected(raw["services"], web, ipv6, raw["gateway"]["adminCidrs"])
+    assert set(rules) == _expected(raw["services"], web, ipv6, raw["gateway"]["adminCidrs"], acme)
 
 
-@pytest.mark.parametrize("services, web, ipv6", PORT_SETS)
-def test_world_reaches_only_the_enabled_public_ports(dev_raw, services, web, ipv6):
-    raw = _stack(dev_raw, services, web, ipv6)
-    enabled_ports = {s.public_port for s in catalogue.enabled(tuple(raw["services"]), web)}
+@pytest.mark.parametrize("services, web, ipv6, acme", PORT_SETS)
+def test_world_reaches_only_the_enabled_public_ports(dev_raw, services, web, ipv6, acme):
+    raw = _stack(dev_raw, services, web, ipv6, acme)
+    enabled_ports = {s.public_port for s in catalogue.enabled(tuple(raw["services"]), web, acme == "http-01" or web)}
     for rule in run_program(raw).inputs(SECURITY_LIST)["ingressSecurityRules"]:
         assert rule["protocol"] != "all", rule
         if rule["protocol"] in ("6", "17"):

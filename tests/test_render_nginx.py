@@ -15,7 +15,7 @@ import pytest
 from mailgate import catalogue
 from mailgate.catalogue import IdleTimeout
 from mailgate.layout import NGINX_PACKAGED_CONF, NGINX_STREAM, gateway_files
-from mailgate.renderers.nginx import CONNECT_TIMEOUT_SECONDS, NginxRuntime, render_nginx_conf, render_nginx_stream
+from mailgate.renderers.nginx import CONNECT_TIMEOUT_SECONDS, NginxRuntime, render_nginx_conf, render_nginx_http, render_nginx_stream
 from tests.conftest import need_program
 from tests.settings_variants import everything, variant
 from tests.validators import Netns, nginx_check
@@ -79,9 +79,9 @@ def test_nginx_refuses_a_broken_config(dev_settings, tmp_path):
 
 def test_one_server_per_enabled_service_to_its_twin(dev_raw):
     settings = everything(dev_raw)
-    found = servers(render_nginx_conf(settings))
-    assert set(found) == {s.public_port for s in catalogue.SERVICES}
-    for service in catalogue.SERVICES:
+    found = servers(render_nginx_stream(settings))
+    assert set(found) == {s.public_port for s in catalogue.STREAM_SERVICES}
+    for service in catalogue.STREAM_SERVICES:
         directives = found[service.public_port]
         assert directives["proxy_pass"] == [f"100.64.0.2:{service.home_port}"]
         assert directives["proxy_protocol"] == ["on" if service.proxy_protocol else "off"]
@@ -91,19 +91,20 @@ def test_one_server_per_enabled_service_to_its_twin(dev_raw):
 
 
 def test_mail_is_never_forwarded_to_a_plain_port(dev_raw):
-    found = servers(render_nginx_conf(everything(dev_raw)))
+    found = servers(render_nginx_stream(everything(dev_raw)))
     plain_mail_ports = {s.public_port for s in catalogue.SERVICES if s.proxy_protocol}
     targets = {int(d["proxy_pass"][0].rsplit(":", 1)[1]) for d in found.values()}
     assert not targets & plain_mail_ports
 
 
 def test_disabled_services_are_absent(dev_raw):
-    found = servers(render_nginx_conf(variant(dev_raw, services=["smtp", "imaps"])))
-    assert set(found) == {25, 993}
+    settings = variant(dev_raw, services=["smtp", "imaps"], acme={"method": "dns-01", "dnsProvider": "dns_cf"})
+    assert set(servers(render_nginx_stream(settings))) == {25, 993}
+    assert "server {" not in render_nginx_http(settings)
 
 
 def test_timeouts_exceed_protocol_limits_and_connect_is_short(dev_settings):
-    conf = render_nginx_conf(dev_settings)
+    conf = render_nginx_stream(dev_settings)
     assert f"proxy_connect_timeout {CONNECT_TIMEOUT_SECONDS}s;" in conf
     assert CONNECT_TIMEOUT_SECONDS <= 10
     found = servers(conf)
@@ -115,8 +116,8 @@ def test_timeouts_exceed_protocol_limits_and_connect_is_short(dev_settings):
 
 def test_a_timeout_override_changes_only_its_class(dev_settings):
     # The lab's --imap-timeout: every IMAP-class server gets the override, nothing else moves.
-    normal = servers(render_nginx_conf(dev_settings))
-    short = servers(render_nginx_conf(dev_settings, idle_seconds={IdleTimeout.IMAP: 10}))
+    normal = servers(render_nginx_stream(dev_settings))
+    short = servers(render_nginx_stream(dev_settings, idle_seconds={IdleTimeout.IMAP: 10}))
     changed = {port for port in normal if normal[port] != short[port]}
     assert changed == {s.public_port for s in dev_settings.enabled_services if s.timeout is IdleTimeout.IMAP}
     assert all(short[port]["proxy_timeout"] == ["10s"] for port in changed)
@@ -160,7 +161,7 @@ def test_real_nginx_sends_the_real_client_address_to_every_twin(dev_settings, tm
         started = ns.run(["nginx", "-c", str(conf)])
         assert started.returncode == 0, started.stderr
         try:
-            pairs = [[s.public_port, s.home_port] for s in dev_settings.enabled_services]
+            pairs = [[s.public_port, s.home_port] for s in dev_settings.enabled_services if not s.gateway_http]
             probe = ns.run([sys.executable, "-c", PROBE, client, public, home, json.dumps(pairs)])
             assert probe.returncode == 0, probe.stderr
             seen = json.loads(probe.stdout)
@@ -171,6 +172,6 @@ def test_real_nginx_sends_the_real_client_address_to_every_twin(dev_settings, tm
                 if not Path(f"/proc/{pid}").exists():
                     break
                 time.sleep(0.1)
-    for service in dev_settings.enabled_services:
+    for service in (s for s in dev_settings.enabled_services if not s.gateway_http):
         header, client_port = seen[str(service.public_port)]
         assert header == f"PROXY TCP4 {client} {public} {client_port} {service.public_port}", service.name

@@ -183,8 +183,9 @@ def test_example_stack_is_valid_and_defaults_apply(dev_settings):
     assert dev_settings.gateway.effective_ocpus == 1
     assert dev_settings.gateway.effective_memory_in_gbs == 6
     assert [s.name for s in dev_settings.enabled_services] == [
-        "smtp", "submissions", "submission", "imap", "imaps", "managesieve",
+        "smtp", "submissions", "submission", "imap", "imaps", "managesieve", "http",
     ]
+    assert dev_settings.acme.method == "http-01"
     assert dev_settings.tailscale.gateway_tag == "tag:mailgw"
 
 

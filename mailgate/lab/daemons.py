@@ -162,6 +162,7 @@ def start_gateway(settings: Settings, nginx_edit=None, imap_timeout: int | None 
     runtime = NginxRuntime(user="root", pid=str(GATEWAY_DIR / "nginx.pid"),
                            error_log=str(GATEWAY_DIR / "error.log"),
                            access_log=str(GATEWAY_DIR / "access.log"),
+                           http_access_log=str(GATEWAY_DIR / "http-access.log"),
                            worker_connections=4096, listen_address=PUBLIC_IP)
     override = {IdleTimeout.IMAP: imap_timeout} if imap_timeout else None
     text = render_nginx_conf(settings, runtime, idle_seconds=override)

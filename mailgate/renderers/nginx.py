@@ -1,19 +1,23 @@
-"""The gateway's nginx stream config: one stream server per enabled service.
+"""The gateway's nginx config: one stream server per forwarded service, and port 80's http
+server, which passes only ACME's challenge path home.
 
-`render_nginx_stream` is the file a gateway gets (modules-enabled, beside the packaged
-nginx.conf); `render_nginx_conf` wraps the same text in a whole config for the lab and
-the tests, which run nginx from a config of their own."""
+`render_nginx_stream` is the file a gateway gets in modules-enabled (the packaged
+nginx.conf's main context), `render_nginx_http` the one in conf.d (inside its http block);
+`render_nginx_conf` wraps both texts in a whole config for the lab and the tests, which
+run nginx from a config of their own."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from mailgate.catalogue import IdleTimeout
+from mailgate.catalogue import ACME_CHALLENGE_PATH, HTTP_SERVICE, IdleTimeout
 from mailgate.renderers import render_template
 from mailgate.settings import Settings
 
 CONNECT_TIMEOUT_SECONDS = 5
+# How long the gateway waits for Mailcow to answer a challenge request.
+CHALLENGE_READ_TIMEOUT_SECONDS = 30
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,7 @@ class NginxRuntime:
     pid: str = "/run/nginx.pid"
     error_log: str = "/var/log/nginx/error.log"
     access_log: str = "/var/log/nginx/mailgate-stream.log"
+    http_access_log: str = "/var/log/nginx/mailgate-http.log"
     modules_include: str = "/etc/nginx/modules-enabled/*.conf"
     worker_connections: int = 8192
     listen_address: str | None = None
@@ -45,7 +50,7 @@ def render_nginx_stream(settings: Settings, runtime: NginxRuntime | None = None,
     return render_template(
         "nginx-stream.conf.j2",
         runtime=runtime,
-        services=settings.enabled_services,
+        services=[s for s in settings.enabled_services if not s.gateway_http],
         home_address=settings.home.tailnet_ip,
         ipv6=settings.gateway.ipv6 and runtime.listen_address is None,
         listen_ipv4=f"{runtime.listen_address}:" if runtime.listen_address else "",
@@ -56,7 +61,39 @@ def render_nginx_stream(settings: Settings, runtime: NginxRuntime | None = None,
 
 def render_nginx_conf(settings: Settings, runtime: NginxRuntime | None = None,
                       idle_seconds: Mapping[IdleTimeout, int] | None = None) -> str:
-    """A whole nginx.conf holding the stream file's text: for the lab and tests only."""
+    """A whole nginx.conf holding both files' texts: for the lab and tests only."""
     runtime = runtime or DEPLOY_RUNTIME
     return render_template("nginx.conf.j2", runtime=runtime,
-                           stream=render_nginx_stream(settings, runtime, idle_seconds))
+                           stream=render_nginx_stream(settings, runtime, idle_seconds),
+                           http=render_nginx_http(settings, runtime))
+
+
+def certificate_names(settings: Settings) -> list[str]:
+    """The names Mailcow asks a certificate for that mailgate knows of (Mailcow adds
+    autoconfig/autodiscover of every mail domain it serves, which the http server matches
+    by pattern)."""
+    names = [settings.mail_hostname]
+    if settings.acme.autodiscover_san is not False:
+        names += [f"{label}.{settings.domain}" for label in ("autoconfig", "autodiscover")]
+    names += [name for name in settings.acme.additional_san or () if not name.startswith("*.")]
+    return list(dict.fromkeys(names))
+
+
+def render_nginx_http(settings: Settings, runtime: NginxRuntime | None = None) -> str:
+    """Port 80's server (conf.d, inside the packaged http block), or a comment when port 80
+    is closed: the file is always laid down, so closing the port is a change like another."""
+    runtime = runtime or DEPLOY_RUNTIME
+    service = HTTP_SERVICE if HTTP_SERVICE in settings.enabled_services else None
+    return render_template(
+        "nginx-http.conf.j2",
+        runtime=runtime,
+        service=service,
+        names=certificate_names(settings),
+        home_address=settings.home.tailnet_ip,
+        ipv6=settings.gateway.ipv6 and runtime.listen_address is None,
+        listen_ipv4=f"{runtime.listen_address}:" if runtime.listen_address else "",
+        challenge_path=ACME_CHALLENGE_PATH,
+        connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        read_timeout=CHALLENGE_READ_TIMEOUT_SECONDS,
+        redirect=settings.mail_hostname if settings.web.enabled else None,
+    )
