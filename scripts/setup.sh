@@ -16,6 +16,7 @@ APT_PACKAGES=(
   openssh-server openssh-client sudo
   wireguard-go wireguard-tools openssl
   fail2ban nftables
+  pebble nsd acme-tiny
   systemd
 )
 
@@ -25,6 +26,13 @@ if [ "$(id -u)" -eq 0 ]; then
   echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${APT_PACKAGES[@]}" >/dev/null
+  # nsd's package starts and enables a DNS server on port 53 of the machine; the lab runs
+  # its own inside a namespace, so nothing is left listening on the host.
+  if [ -d /run/systemd/system ]; then
+    systemctl disable --now nsd.service >/dev/null
+  elif [ -x /etc/init.d/nsd ]; then
+    /etc/init.d/nsd stop >/dev/null 2>&1 || true
+  fi
 else
   echo "setup: not root, skipping apt packages (${APT_PACKAGES[*]})" >&2
 fi
