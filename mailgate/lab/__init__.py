@@ -21,6 +21,10 @@
     mglab-attack 203.0.113.50 ── veth ── 203.0.113.10 mglab-gw (a second outside client, the
                                                attacker of the ban checks; the same public
                                                address on a second link)
+    mglab-acme 198.51.100.30 ── veth ── 203.0.113.10 mglab-gw (the ACME CA, pebble, and the
+                                               DNS it validates with, nsd)
+    mglab-home 192.0.2.17 ── veth ── 198.51.100.30 mglab-acme (home's acme client reaches
+                                               the CA's API; the same CA address again)
 
 Bans (bans.py): fail2ban on home reads the Mailcow namespace's Postfix and Dovecot logs and
 writes what it bans to a file, which a small HTTPS server in mglab-mailcow (port 443,
@@ -31,6 +35,12 @@ The relay is reached from both ends, as Brevo is over the internet: home's Postf
 watcher, and the gateway's watcher with its own key. Home reaches the gateway's public
 address 203.0.113.10 over the underlay (a host route), as the Mini PC reaches the VM's
 public address, so home's watcher checks what a client reaches.
+
+ACME (acme.py, only after `lab acme` or acme.start): pebble is the CA, nsd serves the lab
+domain (mailHostname -> 203.0.113.10) to pebble's validator and to home, where acme-tiny
+(Mailcow's acme client) runs; a small web server in mglab-mailcow (port 80, published
+like Mailcow's nginx) serves its challenge directory. HTTP-01 crosses the gateway's port
+80 and the tunnel.
 
 Only documentation and CGNAT ranges, host routes only, no default route anywhere:
 nothing the lab sends can leave it.
@@ -44,7 +54,8 @@ STATE = Path("/tmp/mailgate-lab")  # under /tmp: Postfix's maillog_file must be 
 INET, GATEWAY, HOME, SPOOF, RELAY = "mglab-inet", "mglab-gw", "mglab-home", "mglab-spoof", "mglab-relay"
 MAILCOW = "mglab-mailcow"  # Mailcow's containers, behind home as behind Docker's bridge
 ATTACK = "mglab-attack"  # a second client on the internet side, which the ban checks get banned
-NAMESPACES = (INET, GATEWAY, HOME, SPOOF, RELAY, MAILCOW, ATTACK)
+ACME_CA = "mglab-acme"  # the ACME CA (pebble) and the DNS it validates with (nsd)
+NAMESPACES = (INET, GATEWAY, HOME, SPOOF, RELAY, MAILCOW, ATTACK, ACME_CA)
 
 CLIENT_IP = "198.51.100.7"
 # Outside the example stack's admin CIDRs (198.51.100.0/24), which the gateway never bans.
@@ -55,6 +66,8 @@ HOME_SPOOF_UNDERLAY, SPOOF_UNDERLAY = "192.0.2.5", "192.0.2.6"
 # The stand-in for the smart relay, reached from home over the (simulated) internet.
 HOME_RELAY_UNDERLAY, RELAY_IP = "192.0.2.9", "192.0.2.25"
 GATEWAY_RELAY_UNDERLAY = "192.0.2.13"  # the gateway's side of its own link to the relay
+# The ACME CA on the internet, and home's side of its link there (the acme client's API calls).
+ACME_CA_IP, HOME_ACME_UNDERLAY = "198.51.100.30", "192.0.2.17"
 GATEWAY_TAILNET, HOME_TAILNET, SPOOF_TAILNET = "100.64.0.1", "100.64.0.2", "100.64.0.3"
 HOME_TUNNEL = "tailscale0"  # the name tailscaled gives its interface, which its rules match
 # Docker's bridge for Mailcow (its compose network is called br-mailcow) and the one

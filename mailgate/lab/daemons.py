@@ -22,6 +22,7 @@ What the lab substitutes, and why (nothing else is changed):
 
 from __future__ import annotations
 
+import ipaddress
 import shutil
 from pathlib import Path
 
@@ -74,14 +75,19 @@ def make_relay_tls(relay_host: str) -> None:
 
 
 def issue_certificate(host: str, directory: Path) -> None:
-    """key.pem and cert.pem in `directory`: a certificate for `host` (SAN) signed by the
-    lab CA, as a client that verifies (Python's ssl, strict X.509 checks included) requires."""
+    """key.pem and cert.pem in `directory`: a certificate for `host` (SAN; a name, or an
+    address such as the ACME CA's) signed by the lab CA, as a client that verifies (Python's
+    ssl, strict X.509 checks included) requires."""
     directory.mkdir(parents=True, exist_ok=True)
+    try:
+        san = f"IP:{ipaddress.ip_address(host)}"
+    except ValueError:
+        san = f"DNS:{host}"
     key, request = directory / "key.pem", directory / "cert.csr"
     run(["openssl", "req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={host}",
          "-keyout", str(key), "-out", str(request)])
     extensions = directory / "extensions.cnf"
-    extensions.write_text(f"subjectAltName=DNS:{host}\nbasicConstraints=critical,CA:FALSE\n"
+    extensions.write_text(f"subjectAltName={san}\nbasicConstraints=critical,CA:FALSE\n"
                           "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
                           "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid:always\n")
     run(["openssl", "x509", "-req", "-in", str(request), "-CA", str(RELAY_CA), "-CAkey", str(CA_KEY),

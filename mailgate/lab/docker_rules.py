@@ -13,6 +13,7 @@ never flushes it, also not when it restarts.
 
 from __future__ import annotations
 
+from mailgate import catalogue
 from mailgate.lab import BRIDGE, CONTAINER_IP, CONTAINER_SUBNET, HOME, HOME_TAILNET
 from mailgate.lab.system import run
 from mailgate.settings import Settings
@@ -28,10 +29,12 @@ RAW_RULE = f"-d {CONTAINER_IP}/32 ! -i {BRIDGE} -j DROP"
 
 def published(settings: Settings) -> list[tuple[str | None, int]]:
     """(host address or None for every address, port) of each port Docker publishes:
-    Mailcow's plain ports, its nginx's HTTPS port (the ban list; the lab's stand-in
-    listens there) and mailgate's twins (container port = host port)."""
+    Mailcow's plain ports, its nginx's HTTP port (ACME's challenges; acme.py's stand-in
+    listens there) and HTTPS port (the ban list; bans.py's stand-in listens there), and
+    mailgate's twins (container port = host port)."""
     services = [s for s in settings.enabled_services if s.proxy_protocol]
-    return ([(None, s.public_port) for s in services] + [(None, settings.bans.home_https_port)]
+    web = [catalogue.HTTP_SERVICE.home_port, settings.bans.home_https_port]
+    return ([(None, s.public_port) for s in services] + [(None, port) for port in web]
             + [(HOME_TAILNET, s.home_port) for s in services])
 
 

@@ -272,8 +272,64 @@ def smtp_auth_fail(host: str, user: str, count: str) -> dict:
         return {"answers": list(pool.map(lambda _: _one_failure(login), range(min(int(count), 20))))}
 
 
+def _reply(sock: socket.socket) -> str:
+    """One whole SMTP reply (every line up to the one with a space after the code)."""
+    data = b""
+    while not data.endswith(b"\r\n") or data.splitlines()[-1][3:4] == b"-":
+        chunk = sock.recv(1024)
+        if not chunk:
+            raise ConnectionError(f"closed after {data[:60]!r}")
+        data += chunk
+    return data.decode(errors="replace")
+
+
+def verified(host: str, port: str, cafile: str, hostname: str) -> dict:
+    """TLS on `port` (implicit on 465 and 993, SMTP STARTTLS otherwise), verified against
+    `cafile` alone with `hostname` checked; what the certificate says, or why it failed."""
+    context = ssl.create_default_context(cafile=cafile)
+    try:
+        with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
+            if int(port) not in (465, 993):
+                _reply(sock)
+                sock.sendall(b"EHLO client.example.net\r\n")
+                if "STARTTLS" not in _reply(sock).upper():
+                    return {"verified": False, "error": "no STARTTLS offered"}
+                sock.sendall(b"STARTTLS\r\n")
+                ready = _reply(sock)
+                if not ready.startswith("220"):
+                    return {"verified": False, "error": f"STARTTLS answered {ready.strip()[:60]}"}
+            with context.wrap_socket(sock, server_hostname=hostname) as tls:
+                certificate = tls.getpeercert()
+    except (OSError, ssl.SSLError) as error:
+        return {"verified": False, "error": f"{type(error).__name__}: {error}"[:200]}
+    name = lambda field: ", ".join("=".join(pair) for rdn in certificate[field] for pair in rdn)  # noqa: E731
+    return {"verified": True, "subject": name("subject"), "issuer": name("issuer")}
+
+
+def http_get(host: str, port: str, path: str, name: str) -> dict:
+    """One GET of `path` exactly as given (no normalising), for the site `name` (the Host
+    header): the status and Server header."""
+    try:
+        with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {name}\r\nUser-Agent: mailgate-lab-probe\r\n"
+                         "Connection: close\r\n\r\n".encode())
+            data = b""
+            while b"\r\n\r\n" not in data and len(data) < 8192:
+                chunk = sock.recv(1024)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError as error:
+        return {"status": None, "error": type(error).__name__}
+    head = data.split(b"\r\n\r\n")[0].decode(errors="replace").split("\r\n")
+    server = next((line.split(":", 1)[1].strip() for line in head[1:] if line.lower().startswith("server:")), None)
+    status = head[0].split()[1] if len(head[0].split()) > 1 else None
+    return {"status": int(status) if status and status.isdigit() else None, "server": server}
+
+
 ACTIONS = {"idle": idle, "reach": reach, "submit": submit, "latency": latency, "hold": hold, "send": send, "banner": banner, "connect": connect, "forge": forge, "fetch": fetch,
-           "banners": banners, "imap_fail": imap_fail, "smtp_auth_fail": smtp_auth_fail}
+           "banners": banners, "imap_fail": imap_fail, "smtp_auth_fail": smtp_auth_fail,
+           "verified": verified, "http_get": http_get}
 
 if __name__ == "__main__":
     print(json.dumps(ACTIONS[sys.argv[1]](*sys.argv[2:])))
