@@ -80,7 +80,9 @@ def _parser() -> argparse.ArgumentParser:
         "lab", help="the whole mail path in network namespaces on this machine (root, Linux)",
         description="Build the lab from the stack's rendered files (up), prove the design's "
         "promises from outside (check), show it (status), remove every trace (down).")
-    lab.add_argument("action", choices=("up", "check", "down", "status", "bench"))
+    lab.add_argument("action", choices=("up", "check", "down", "status", "bench", "acme"),
+                     help="acme: on a lab just up, issue a certificate for mailHostname from a "
+                     "lab ACME CA (pebble) through the gateway's port 80, with acme-tiny at home")
     lab.add_argument("--config", type=Path, default=Path("Pulumi.dev.yaml"),
                      help="Pulumi stack file to read (default: %(default)s)")
     shortest, longest = SHORT_IMAP_TIMEOUT[0], SHORT_IMAP_TIMEOUT[-1]
@@ -124,6 +126,15 @@ def _lab_action(args: argparse.Namespace, lab, run_checks) -> int:
         from mailgate.lab.bench import bench
 
         print("\n".join(bench()))
+    elif args.action == "acme":
+        from mailgate.lab import acme
+
+        results = acme.run_checks(lab.lab_settings(load_stack(args.config)))
+        for result in results:
+            print(result.line())
+        failed = sum(not r.passed for r in results)
+        print(f"{len(results) - failed} passed, {failed} failed")
+        return 1 if failed else 0
     elif args.action == "up":
         lab.up(load_stack(args.config), imap_timeout=args.imap_timeout)
         print("lab: up (python -m mailgate lab check proves it, lab down removes it)")
