@@ -9,13 +9,15 @@ issuance fails, so the first check cannot pass by accident."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 
 import pytest
+import yaml
 
 from mailgate.lab import ACME_CA_IP, GATEWAY_TAILNET, HOME_TAILNET, acme, lab
 from mailgate.lab.system import exclusive
-from tests.conftest import need, need_program, need_root
+from tests.conftest import DEV_STACK, ROOT, need, need_program, need_root
 
 pytestmark = pytest.mark.lab
 
@@ -35,10 +37,6 @@ def lab_machine():
 
 def failed(results) -> dict[str, str]:
     return {r.name: r.detail for r in results if not r.passed}
-
-
-def with_acme_method(settings, method: str):
-    return settings.model_copy(update={"acme": settings.acme.model_copy(update={"method": method})})
 
 
 @pytest.fixture(scope="class")
@@ -99,15 +97,27 @@ def test_when_the_gateway_passes_every_path_home_the_other_paths_check_fails(dev
     assert all(name.startswith("GET /") for name in broken), broken
 
 
-def test_without_port_80_at_the_gateway_issuance_fails(dev_settings):
-    none = with_acme_method(dev_settings, "none")
-    lab.up(none)
-    settings = lab.lab_settings(none)
+def test_without_port_80_at_the_gateway_issuance_fails(tmp_path):
+    # Through the command line, with the example stack set to acme.method none: the
+    # gateway renders no port 80, so pebble's validation cannot connect.
+    stack = tmp_path / "Pulumi.acme-none.yaml"
+    document = yaml.safe_load(DEV_STACK.read_text())
+    document["config"]["mailgate:acme"] = {**document["config"].get("mailgate:acme", {}), "method": "none"}
+    stack.write_text(yaml.safe_dump(document))
+
+    def mailgate(*args):
+        return subprocess.run([sys.executable, "-m", "mailgate", "lab", *args, "--config", str(stack)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+
     try:
-        acme.start(settings)
-        results = acme.issuance_fails_without_port_80(settings)
+        assert mailgate("up").returncode == 0
+        checked = mailgate("acme")
     finally:
-        lab.down()
-    assert failed(results) == {}, [r.line() for r in results]
-    closed, refused = results
-    assert "dial tcp 203.0.113.10:80: connect: connection refused" in refused.detail, refused.detail
+        assert mailgate("down").returncode == 0
+    print(checked.stdout)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert checked.stdout.splitlines()[-1] == "2 passed, 0 failed"
+    assert "PASS  no port 80 at 203.0.113.10: connect: {'result': 'refused'}" in checked.stdout
+    assert ("PASS  issuance fails: pebble's validation cannot connect, acme-tiny exits non-zero: exit 1"
+            in checked.stdout)
+    assert "dial tcp 203.0.113.10:80: connect: connection refused" in checked.stdout
