@@ -127,9 +127,9 @@ def _lab_action(args: argparse.Namespace, lab, run_checks) -> int:
 
         print("\n".join(bench()))
     elif args.action == "acme":
-        from mailgate.lab import acme
+        from mailgate.lab import acme_checks
 
-        results = acme.run_checks(lab.lab_settings(load_stack(args.config)))
+        results = acme_checks.run_checks(lab.lab_settings(load_stack(args.config)))
         for result in results:
             print(result.line())
         failed = sum(not r.passed for r in results)

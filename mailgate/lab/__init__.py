@@ -36,11 +36,11 @@ watcher, and the gateway's watcher with its own key. Home reaches the gateway's 
 address 203.0.113.10 over the underlay (a host route), as the Mini PC reaches the VM's
 public address, so home's watcher checks what a client reaches.
 
-ACME (acme.py, only after `lab acme` or acme.start): pebble is the CA, nsd serves the lab
-domain (mailHostname -> 203.0.113.10) to pebble's validator and to home, where acme-tiny
-(Mailcow's acme client) runs; a small web server in mglab-mailcow (port 80, published
-like Mailcow's nginx) serves its challenge directory. HTTP-01 crosses the gateway's port
-80 and the tunnel.
+ACME (acme.py, checks in acme_checks.py; only after `lab acme` or acme.start): pebble is
+the CA, nsd serves the lab domain (mailHostname -> 203.0.113.10) to pebble's validator and
+to home, where acme-tiny (Mailcow's acme client) runs; a small web server in mglab-mailcow
+(port 80, published like Mailcow's nginx) serves its challenge directory. HTTP-01 crosses
+the gateway's port 80 and the tunnel.
 
 Only documentation and CGNAT ranges, host routes only, no default route anywhere:
 nothing the lab sends can leave it.

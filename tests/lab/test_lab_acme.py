@@ -15,7 +15,7 @@ import sys
 import pytest
 import yaml
 
-from mailgate.lab import ACME_CA_IP, GATEWAY_TAILNET, HOME_TAILNET, acme, lab
+from mailgate.lab import ACME_CA_IP, GATEWAY_TAILNET, HOME_TAILNET, acme, acme_checks, lab
 from mailgate.lab.system import exclusive
 from tests.conftest import DEV_STACK, ROOT, need, need_program, need_root
 
@@ -56,7 +56,7 @@ def settings(lab_machine, dev_settings):
 class TestHttp01:
 
     def test_the_certificate_is_issued_through_the_gateways_port_80_and_the_tunnel(self, settings):
-        results = acme.issued_through_the_gateway(settings)
+        results = acme_checks.issued_through_the_gateway(settings)
         assert failed(results) == {}, [r.line() for r in results]
         issued, at_gateway, at_home = results
         assert f"{ACME_CA_IP}', " in at_gateway.detail and f"'{HOME_TAILNET}:80')" in at_gateway.detail
@@ -67,14 +67,14 @@ class TestHttp01:
         issuance = acme.issue(settings)
         assert issuance.issued, issuance.said
         acme.fetch_root()
-        results = acme.certificate_serves_mail(settings)
+        results = acme_checks.certificate_serves_mail(settings)
         assert [int(r.name.split(" on ")[1].split()[0]) for r in results] == [993, 465, 587, 25]
         assert failed(results) == {}, [r.line() for r in results]
 
     def test_no_other_path_on_port_80_reaches_home_and_443_is_closed(self, settings):
-        results = acme.other_paths_stay_at_the_gateway(settings)
+        results = acme_checks.other_paths_stay_at_the_gateway(settings)
         assert failed(results) == {}, [r.line() for r in results]
-        assert len(results) == len(acme.OTHER_PATHS) + 2  # the challenge path's control, and 443
+        assert len(results) == len(acme_checks.OTHER_PATHS) + 2  # the challenge path's control, and 443
 
 
 def test_when_the_gateway_passes_every_path_home_the_other_paths_check_fails(dev_settings):
@@ -87,7 +87,7 @@ def test_when_the_gateway_passes_every_path_home_the_other_paths_check_fails(dev
     settings = lab.lab_settings(dev_settings)
     try:
         acme.start(settings)
-        broken = failed(acme.other_paths_stay_at_the_gateway(settings))
+        broken = failed(acme_checks.other_paths_stay_at_the_gateway(settings))
     finally:
         lab.down()
     leaked = {f"GET {path} on port 80 is answered by the gateway and never reaches home"
