@@ -41,8 +41,11 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        agent = self.headers.get("User-Agent", "-") if self.headers else "-"
-        line = f"{self.client_address[0]} {self.command} {self.path} {code} {agent}\n"
+        # A request line that could not be read leaves command, path and headers unset.
+        headers = getattr(self, "headers", None)
+        agent = headers.get("User-Agent", "-") if headers else "-"
+        command, path = getattr(self, "command", None) or "-", getattr(self, "path", "-")
+        line = f"{self.client_address[0]} {command} {path} {code} {agent}\n"
         with self.server.log.open("a") as log:  # type: ignore[attr-defined]
             log.write(line)
 
