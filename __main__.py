@@ -33,7 +33,7 @@ GatewayConfig("gateway-config", GatewayConfigArgs(
 HomeConfig("home-config", HomeConfigArgs(
     settings, enrolment.tailnet_ip, secrets.relay_password, secrets.home_ssh_private_key,
     enrolment.tailnet_ip, secrets.gateway_ssh_private_key, enrolment.host_public_key,
-    gateway.public_ipv4, secrets.alerts_webhook_url))
+    gateway.public_ipv4, secrets.alerts_webhook_url, secrets.acme_dns_credentials))
 
 deployment = pulumi.Output.all(
     gateway_tailnet_ip=enrolment.tailnet_ip,

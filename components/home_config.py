@@ -41,6 +41,8 @@ class HomeConfigArgs:
     public_ipv4: pulumi.Input[str] | None = None
     """The gateway's public address, which the watcher on the Mini PC checks."""
     alerts_webhook_url: pulumi.Input[str] | None = None
+    acme_dns_credentials: pulumi.Input[dict] | None = None
+    """dns-01: the DNS provider's API credentials for Mailcow's acme container."""
 
 
 class HomeConfig(pulumi.ComponentResource):
@@ -51,13 +53,15 @@ class HomeConfig(pulumi.ComponentResource):
                                      args.gateway_private_key, args.gateway_host_key)
 
         def bundle(values: list) -> str:
-            gateway_ip, public_ipv4, password, webhook = values
+            gateway_ip, public_ipv4, password, webhook, dns_credentials = values
             deployment = Deployment(gateway_tailnet_ip=gateway_ip, public_ipv4=public_ipv4)
             return home_bundle(settings, home_files(settings, deployment, Secrets(
-                relay_password=password, alerts_webhook_url=webhook)), deployment)
+                relay_password=password, alerts_webhook_url=webhook,
+                acme_dns_credentials=dns_credentials)), deployment)
 
         payload = pulumi.Output.secret(pulumi.Output.all(
-            args.gateway_tailnet_ip, args.public_ipv4, args.relay_password, args.alerts_webhook_url).apply(bundle))
+            args.gateway_tailnet_ip, args.public_ipv4, args.relay_password, args.alerts_webhook_url,
+            args.acme_dns_credentials).apply(bundle))
         # The apply script names files and services only; it holds no secret.
         script = render_home_apply(settings, home_files(settings, Deployment(), Secrets()),
                                    DEPLOY_TARGETS["home"])

@@ -14,7 +14,9 @@ import pulumi
 from pulumi.runtime import config as runtime_config
 
 from mailgate.config_report import ConfigError
-from mailgate.settings import NAMESPACE, SECRET_KEYS, Settings, load_settings
+from mailgate.settings import (
+    ACME_CREDENTIALS, NAMESPACE, SECRET_KEYS, Settings, acme_credentials_problems, load_settings,
+)
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,7 @@ class StackSecrets:
     alerts_relay_password: pulumi.Output[str] | None
     alerts_webhook_url: pulumi.Output[str] | None
     banlist_id: pulumi.Output[str] | None
+    acme_dns_credentials: pulumi.Output[dict] | None
 
 
 def _decode(value: str) -> object:
@@ -52,6 +55,9 @@ def raw_namespace_config() -> tuple[dict[str, object], set[str], list[str]]:
                     f"{full_key}: stored in plain text; expected a secret, set it with "
                     f"`pulumi config set --secret {full_key} <value>`"
                 )
+            if key == ACME_CREDENTIALS:
+                # Checked here, where the value is at hand; a problem never quotes it.
+                problems.extend(acme_credentials_problems(_decode(value)))
         else:
             values[key] = _decode(value)
     return values, secrets, problems
@@ -74,4 +80,5 @@ def load_stack_settings() -> tuple[Settings, StackSecrets]:
         alerts_relay_password=config.get_secret("alertsRelayPassword"),
         alerts_webhook_url=config.get_secret("alertsWebhookUrl"),
         banlist_id=config.get_secret("banlistId"),
+        acme_dns_credentials=config.get_secret_object(ACME_CREDENTIALS),
     )

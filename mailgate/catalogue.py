@@ -124,6 +124,7 @@ def port_map(services: tuple[Service, ...]) -> list[dict[str, object]]:
             "home_port": s.home_port,
             "proxy_protocol": s.proxy_protocol,
             "idle_timeout_seconds": s.timeout.seconds,
+            "only_path": ACME_CHALLENGE_PATH if s.gateway_http else None,
         }
         for s in services
     ]

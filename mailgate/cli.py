@@ -202,8 +202,9 @@ def render(args: argparse.Namespace) -> int:
     print("\nPort map (public port on the gateway -> port at home):")
     for entry in catalogue.port_map(settings.enabled_services):
         proxy = "PROXY" if entry["proxy_protocol"] else "plain"
+        only = f"  only {entry['only_path']}" if entry["only_path"] else ""
         print(f"  {entry['service']:<12} {entry['public_port']:>5} -> {settings.home.tailnet_ip}:"
-              f"{entry['home_port']:<6} {proxy:<5} idle {entry['idle_timeout_seconds']}s")
+              f"{entry['home_port']:<6} {proxy:<5} idle {entry['idle_timeout_seconds']}s{only}")
     print("\n" + render_dns_records(dns_records(settings, deployment)), end="")
     return 0
 

@@ -26,10 +26,11 @@ from mailgate.renderers.mailcow import (
     render_docker_after_tailscale,
     render_dovecot_extra,
     render_mailcow_conf,
+    render_acme_dns_conf,
     render_postfix_extra,
     render_relay_password_map,
 )
-from mailgate.renderers.nginx import render_nginx_stream
+from mailgate.renderers.nginx import render_nginx_http, render_nginx_stream
 from mailgate.renderers.sysctl import render_nonlocal_bind_sysctl
 from mailgate.renderers.tailscale_policy import render_policy_snippet
 from mailgate.renderers.watch import (
@@ -51,10 +52,15 @@ MAILCOW_CONF = "mailcow.conf"
 DOVECOT_EXTRA = "data/conf/dovecot/extra.conf"
 POSTFIX_EXTRA = "data/conf/postfix/extra.cf"
 POSTFIX_RELAY_MAP = f"data/conf/postfix/{RELAY_PASSWORD_MAP}"
+# Mailcow's acme container reads its DNS provider's credentials here (mounted at /etc/acme).
+ACME_DNS_CONF = "data/conf/acme/dns-01.conf"
 # The packaged nginx.conf stays as the package left it (replacing it makes upgrades prompt
 # or hold); it includes modules-enabled/*.conf at the top level, after the module loaders.
 NGINX_PACKAGED_CONF = "/etc/nginx/nginx.conf"
 NGINX_STREAM = "/etc/nginx/modules-enabled/70-mailgate-stream.conf"
+# Port 80's server, inside the packaged http block (Debian's and Ubuntu's nginx.conf
+# include conf.d/*.conf there). Always laid down: a comment alone when port 80 is closed.
+NGINX_HTTP = "/etc/nginx/conf.d/70-mailgate-http.conf"
 GATEWAY_FIREWALL_V4 = "/etc/iptables/mailgate.rules.v4"
 GATEWAY_FIREWALL_V6 = "/etc/iptables/mailgate.rules.v6"
 CLOUD_INIT = "cloud-init/user-data.yaml"
@@ -89,6 +95,8 @@ class Secrets:
     alerts_webhook_url: str | None = None
     banlist_id: str | None = BANLIST_ID_PLACEHOLDER
     """Mailcow's ban-list id (None: not configured)."""
+    acme_dns_credentials: dict[str, str] | None = None
+    """The DNS provider's API credentials for dns-01 (None: a placeholder line)."""
 
 
 def home_path(settings: Settings, relative: str) -> str:
@@ -128,6 +136,7 @@ def gateway_files(settings: Settings, secrets: Secrets = Secrets(),
             f"/n/namespace/b/{settings.names.bootstrap_bucket}/o/")),
                      0o600, secret=True),
         RenderedFile(GATEWAY, NGINX_STREAM, render_nginx_stream(settings)),
+        RenderedFile(GATEWAY, NGINX_HTTP, render_nginx_http(settings)),
         RenderedFile(GATEWAY, GATEWAY_FIREWALL_V4, render_gateway_firewall(settings, 4), 0o640),
     ]
     if settings.gateway.ipv6:
@@ -150,6 +159,9 @@ def home_files(settings: Settings, deployment: Deployment, secrets: Secrets = Se
         RenderedFile(HOME, home_path(settings, DOVECOT_EXTRA), render_dovecot_extra(settings, deployment),
                      splice=BLOCK),
         RenderedFile(HOME, home_path(settings, POSTFIX_EXTRA), render_postfix_extra(settings), splice=BLOCK),
+        RenderedFile(HOME, home_path(settings, ACME_DNS_CONF),
+                     render_acme_dns_conf(settings, secrets.acme_dns_credentials), 0o600, secret=True,
+                     splice=BLOCK),
         RenderedFile(HOME, home_path(settings, POSTFIX_RELAY_MAP),
                      render_relay_password_map(settings, secrets.relay_password), 0o640, secret=True),
         RenderedFile(HOME, names.home_firewall_path, render_home_firewall(settings, deployment), 0o640),

@@ -838,6 +838,17 @@ class Settings(Strict):
         return self.bans.enabled if self.bans.enabled is not None else self._banlist_id_set
 
     @property
+    def certificate_names(self) -> list[str]:
+        """The names Mailcow asks a certificate for that mailgate knows of, mailHostname
+        first (Mailcow also adds autoconfig/autodiscover of every other mail domain it
+        serves); every one must point at the gateway."""
+        names = [self.mail_hostname]
+        if self.acme.autodiscover_san is not False:
+            names += [f"{label}.{self.domain}" for label in ("autoconfig", "autodiscover")]
+        names += [name for name in self.acme.additional_san or () if not name.startswith("*.")]
+        return list(dict.fromkeys(names))
+
+    @property
     def alert_sender(self) -> str:
         return self.alerts.sender or f"mailgate@{self.domain}"
 
@@ -871,6 +882,8 @@ SECRET_KEYS: dict[str, str] = {
     "container, an object of the variables acme.sh's DNS API names (Cloudflare: CF_Token, "
     "CF_Account_ID); written to data/conf/acme/dns-01.conf, mode 0600.",
 }
+# Secrets set key by key (`pulumi config set --secret --path 'mailgate:<key>.<NAME>'`).
+SECRET_OBJECT_KEYS = (ACME_CREDENTIALS,)
 # With alerts on, the gateway needs a way to send that does not go through home.
 GATEWAY_ALERT_CHANNELS = ("alertsRelayPassword", "alertsWebhookUrl")
 REQUIRED_SECRET_KEYS = ("relayPassword",)

@@ -65,6 +65,7 @@ DEFINITION_FILES = ("docker-compose.yml", "docker-compose.override.yml", "mailco
 MOUNTED_FILES = {
     "postfix-mailcow": ("data/conf/postfix/extra.cf", "data/conf/postfix/mailgate_relay_passwd"),
     "dovecot-mailcow": ("data/conf/dovecot/extra.conf",),
+    "acme-mailcow": ("data/conf/acme/dns-01.conf",),
 }
 
 

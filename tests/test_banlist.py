@@ -210,8 +210,8 @@ def test_the_set_is_loaded_and_what_cannot_be_read_keeps_the_last_good_one(gatew
     assert nft_set(gateway_netns, "banned6") == ["2001:db8:77::/64"]
     rules = gateway_netns.run(["nft", "list", "chain", "inet", "mailgate_bans", "input"]).stdout
     assert "hook input priority filter - 5" in rules
-    assert "tcp dport { 25, 143, 465, 587, 993, 4190 } ip saddr @banned4 drop" in rules
-    assert "tcp dport { 25, 143, 465, 587, 993, 4190 } ip6 saddr @banned6 drop" in rules
+    assert "tcp dport { 25, 80, 143, 465, 587, 993, 4190 } ip saddr @banned4 drop" in rules
+    assert "tcp dport { 25, 80, 143, 465, 587, 993, 4190 } ip6 saddr @banned6 drop" in rules
 
     # Home down (nothing listens), after a reboot that emptied the firewall: the last good
     # set comes back. Then garbage, then a wrong id: still the same set.

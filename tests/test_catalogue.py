@@ -56,4 +56,4 @@ def test_port_80_is_the_gateways_own_http_server_and_never_a_stream():
 def test_port_map_is_plain_data_per_service():
     entry = catalogue.port_map((catalogue.BY_NAME["imaps"],))
     assert entry == [{"service": "imaps", "public_port": 993, "home_port": 10993,
-                      "proxy_protocol": True, "idle_timeout_seconds": 1860}]
+                      "proxy_protocol": True, "idle_timeout_seconds": 1860, "only_path": None}]

@@ -28,6 +28,7 @@ def test_render_writes_the_tree_and_prints_the_summary(tmp_path):
     assert files - {".mailgate-render"} == {
         "gateway/cloud-init/user-data.yaml",
         "gateway/etc/nginx/modules-enabled/70-mailgate-stream.conf",
+        "gateway/etc/nginx/conf.d/70-mailgate-http.conf",
         "gateway/etc/iptables/mailgate.rules.v4",
         "gateway/usr/local/lib/mailgate/dev/watch.py",
         "gateway/etc/mailgate/dev/watch.json",
@@ -41,6 +42,7 @@ def test_render_writes_the_tree_and_prints_the_summary(tmp_path):
         "home/opt/mailcow-dockerized/mailcow.conf",
         "home/opt/mailcow-dockerized/data/conf/dovecot/extra.conf",
         "home/opt/mailcow-dockerized/data/conf/postfix/extra.cf",
+        "home/opt/mailcow-dockerized/data/conf/acme/dns-01.conf",
         "home/opt/mailcow-dockerized/data/conf/postfix/mailgate_relay_passwd",
         "home/etc/mailgate/dev/home-firewall.rules",
         "home/etc/mailgate/dev/home-firewall.rules.v6",

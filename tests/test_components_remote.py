@@ -41,6 +41,7 @@ def test_gateway_step_runs_after_the_vm_and_only_when_the_files_change(dev_raw):
     assert "cloud-init status --wait" in inputs["create"]
     files = unpack(inputs["stdin"])
     assert set(files) == {"/etc/nginx/modules-enabled/70-mailgate-stream.conf", "/etc/iptables/mailgate.rules.v4",
+                          "/etc/nginx/conf.d/70-mailgate-http.conf",
                           "/usr/local/lib/mailgate/dev/watch.py", "/etc/mailgate/dev/watch.json",
                           "/etc/systemd/system/mailgate-dev-watch.service",
                           "/etc/systemd/system/mailgate-dev-watch.timer",

@@ -26,7 +26,8 @@ def test_the_gateway_is_granted_the_twin_ports_and_nothing_else(dev_settings):
 
 
 def test_fewer_services_grant_fewer_ports(dev_raw):
-    assert granted_ports(variant(dev_raw, services=["smtp", "imaps"])) == ["10025", "10993"]
+    assert granted_ports(variant(dev_raw, services=["smtp", "imaps"])) == ["10025", "10993", "80"]
+    assert granted_ports(variant(dev_raw, services=["smtp", "imaps"], acme={"method": "none"})) == ["10025", "10993"]
 
 
 def test_rules_accept_granted_ports_then_drop_the_rest_from_the_gateway(dev_settings):

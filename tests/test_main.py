@@ -15,11 +15,13 @@ from tests.pulumi_harness import run_program
 def test_exports_port_map_and_dns_records(dev_raw):
     run = run_program(dev_raw)
     port_map = run.exports["port_map"]["value"]
-    assert [entry["service"] for entry in port_map] == dev_raw["services"]
+    # The mail services the stack lists, then port 80 for ACME (mailgate:acme.method http-01).
+    assert [entry["service"] for entry in port_map] == dev_raw["services"] + ["http"]
     assert {(e["public_port"], e["home_port"]) for e in port_map} == {
         (catalogue.BY_NAME[name].public_port, catalogue.BY_NAME[name].home_port)
-        for name in dev_raw["services"]
+        for name in dev_raw["services"] + ["http"]
     }
+    assert port_map[-1]["only_path"] == "/.well-known/acme-challenge/"
     records = run.exports["dns_records"]["value"]
     assert {"name": "example.com", "type": "MX", "value": "10 mail.example.com.",
             "note": "mail for the domain goes to the gateway"} in records

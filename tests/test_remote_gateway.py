@@ -19,12 +19,13 @@ import pytest
 
 from mailgate.deployment import Deployment
 from mailgate.layout import (
-    GATEWAY, GATEWAY_FIREWALL_V4, GATEWAY_FIREWALL_V6, NGINX_PACKAGED_CONF, NGINX_STREAM, RenderedFile, ban_files,
+    GATEWAY, GATEWAY_FIREWALL_V4, GATEWAY_FIREWALL_V6, NGINX_HTTP, NGINX_PACKAGED_CONF, NGINX_STREAM, RenderedFile,
+    ban_files,
     watch_files,
 )
 from mailgate.renderers.bans import render_banlist_config
 from mailgate.renderers.firewall import render_gateway_firewall
-from mailgate.renderers.nginx import NginxRuntime, render_nginx_conf, render_nginx_stream
+from mailgate.renderers.nginx import NginxRuntime, render_nginx_conf, render_nginx_http, render_nginx_stream
 from mailgate.renderers.remote_scripts import HostCommands, pack, gateway_timers, render_gateway_apply
 from mailgate.renderers.watch import GATEWAY_END, render_watch_config
 from tests.settings_variants import variant
@@ -42,7 +43,7 @@ def packaged_conf(tmp_path: Path, root: Path) -> str:
     """Debian's nginx.conf in miniature: top-level modules-enabled include, an http block."""
     return (f"user root;\nworker_processes 1;\npid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\n"
             f"include {root}/etc/nginx/modules-enabled/*.conf;\n\nevents {{\n\tworker_connections 64;\n}}\n\n"
-            "http {\n\taccess_log off;\n}\n")
+            f"http {{\n\taccess_log off;\n\tinclude {root}/etc/nginx/conf.d/*.conf;\n}}\n")
 
 
 @pytest.fixture(params=["root", SUDO_LOGIN])
@@ -57,6 +58,7 @@ def gateway(request, tmp_path, login):
         root = tmp_path / "root"
         conf = root / NGINX_PACKAGED_CONF.lstrip("/")
         (conf.parent / "modules-enabled").mkdir(parents=True)
+        (conf.parent / "conf.d").mkdir()
         (root / STREAM_LOADER.lstrip("/")).symlink_to(STREAM_LOADER)
         conf.write_text(packaged_conf(tmp_path, root))
         pid = tmp_path / "nginx.pid"
@@ -68,7 +70,8 @@ def gateway(request, tmp_path, login):
             listening_tcp=f"{in_ns}ss -ltnpH", persist_firewall=f"touch {tmp_path}/persisted", nft=in_ns + "nft",
             lock_wait_seconds=30, listen_wait_seconds=5,
         )
-        runtime = NginxRuntime(access_log=str(tmp_path / "access.log"), listen_address=PUBLIC)
+        runtime = NginxRuntime(access_log=str(tmp_path / "access.log"),
+                               http_access_log=str(tmp_path / "http-access.log"), listen_address=PUBLIC)
         state = {"netns": netns, "sshd": sshd, "commands": commands, "runtime": runtime, "root": root,
                  "conf": conf, "pid": pid, "tmp": tmp_path, "packaged": conf.read_bytes()}
         try:
@@ -108,6 +111,7 @@ def files_for(settings, runtime, broken=False):
              RenderedFile("gateway", GATEWAY_FIREWALL_V4, render_gateway_firewall(settings), 0o640)]
     if settings.gateway.ipv6:
         files.append(RenderedFile("gateway", GATEWAY_FIREWALL_V6, render_gateway_firewall(settings, 6), 0o640))
+    files.append(RenderedFile("gateway", NGINX_HTTP, render_nginx_http(settings, runtime)))
     return files
 
 
@@ -159,7 +163,8 @@ def test_apply_checks_reloads_and_a_broken_config_is_never_installed(gateway, de
     assert first.returncode == 0, first.stderr
     assert f"gateway updated: {NGINX_STREAM} {GATEWAY_FIREWALL_V4}" in first.stdout
     assert listening(gateway, 25)
-    assert "-A MAILGATE-IN -p tcp -m multiport --dports 25 -j ACCEPT" in chain(gateway)
+    assert "-A MAILGATE-IN -p tcp -m multiport --dports 25,80 -j ACCEPT" in chain(gateway)
+    assert listening(gateway, 80)  # ACME's port, the gateway's own http server
 
     stream = installed(gateway, NGINX_STREAM)
     good_text, good_chain = stream.read_text(), chain(gateway)
@@ -177,7 +182,7 @@ def test_apply_checks_reloads_and_a_broken_config_is_never_installed(gateway, de
     assert fixed.returncode == 0, fixed.stderr
     # The step itself waited for the reload's new listeners.
     assert listening(gateway, 993) and listening(gateway, 25)
-    assert "nginx listens on 25 993" in fixed.stdout
+    assert "nginx listens on 25 80 993" in fixed.stdout
 
     again = apply(gateway, files_for(with_imaps, gateway["runtime"]))
     assert again.returncode == 0 and "already up to date" in again.stdout, again.stderr
@@ -296,18 +301,21 @@ def test_two_runs_at_once_are_serialised(gateway, dev_raw):
 
 def test_a_gateway_with_an_older_mailgates_nginx_conf_moves_its_stream_block(gateway, dev_raw):
     # Before the stream file, mailgate replaced nginx.conf with a whole config of its own.
-    smtp = variant(dev_raw, services=["smtp"])
+    # An older mailgate's whole config has no http block, so no port 80 here.
+    no_acme = {"method": "none"}
+    smtp = variant(dev_raw, services=["smtp"], acme=no_acme)
     runtime = NginxRuntime(user="root", pid=str(gateway["pid"]), error_log=str(gateway["tmp"] / "error.log"),
                            access_log=str(gateway["tmp"] / "access.log"), worker_connections=64,
                            listen_address=PUBLIC,
                            modules_include=f"{gateway['root']}/etc/nginx/modules-enabled/*.conf")
     old = "# Rendered by mailgate from its port catalogue; `pulumi up` replaces this file.\n" + \
-        render_nginx_conf(smtp, runtime).split("\n", 2)[2]
+        render_nginx_conf(smtp, runtime).split("\n", 2)[2].split("\nhttp {")[0]
     gateway["conf"].write_text(old)
     start_nginx(gateway)
     assert listening(gateway, 25)
 
-    result = apply(gateway, files_for(variant(dev_raw, services=["smtp", "imaps"]), gateway["runtime"]))
+    result = apply(gateway, files_for(variant(dev_raw, services=["smtp", "imaps"], acme=no_acme),
+                                      gateway["runtime"]))
     assert result.returncode == 0, result.stderr
     assert "older mailgate" in result.stderr
     migrated = gateway["conf"].read_text()
@@ -405,3 +413,31 @@ def test_the_ban_loader_is_laid_down_and_turning_bans_off_takes_its_table_away(g
     assert off.returncode == 0, off.stderr
     assert timer_calls(log, bans_unit)[-1] == f"disable --now {bans_unit}"
     assert gateway["netns"].run(["nft", "list", "table", "inet", "mailgate_bans"]).returncode != 0
+
+
+def test_port_80s_server_is_checked_by_nginx_and_a_broken_one_changes_nothing(gateway, dev_raw):
+    smtp = variant(dev_raw, services=["smtp"])
+    first = apply(gateway, files_for(smtp, gateway["runtime"]))
+    assert first.returncode == 0, first.stderr
+    assert listening(gateway, 80)
+    http = installed(gateway, NGINX_HTTP)
+    before = http.read_text()
+    assert "location ^~ /.well-known/acme-challenge/" in before
+
+    files = files_for(variant(dev_raw, services=["smtp"], web={"enabled": True}), gateway["runtime"])
+    broken = [RenderedFile(f.host, f.path, f.text.replace("return 301", "return 3o1"), f.mode)
+              if f.path == NGINX_HTTP else f for f in files]
+    result = apply(gateway, broken)
+    assert result.returncode == 1
+    assert "nginx refused the new config" in result.stderr
+    assert f"{gateway['root']}{NGINX_HTTP}" in result.stderr  # named where it would live
+    assert http.read_text() == before and listening(gateway, 80)
+
+    # A packaged nginx.conf without conf.d would never load the server: said, nothing changed.
+    gateway["conf"].write_text(gateway["packaged"].decode().replace(
+        f"\tinclude {gateway['root']}/etc/nginx/conf.d/*.conf;\n", ""))
+    result = apply(gateway, files)
+    assert result.returncode == 1
+    assert f"does not include /etc/nginx/conf.d/*.conf, so nginx would never load {NGINX_HTTP}" in result.stderr
+    assert http.read_text() == before
+    gateway["conf"].write_bytes(gateway["packaged"])

@@ -141,7 +141,7 @@ def calls(host, program: str) -> int:
 
 def assert_second_run_done(host, result) -> None:
     assert result.returncode == 0, result.stderr
-    assert "gateway updated:" in result.stdout and "nginx listens on 25 993" in result.stdout
+    assert "gateway updated:" in result.stdout and "nginx listens on 25 80 993" in result.stdout
     assert serving_only(host, [25, 993], [])
     now = state(host)
     assert now["chains"].count(NEW_RULE) == 2, now["chains"]
@@ -265,7 +265,7 @@ def test_a_run_killed_outright_is_finished_by_the_next_one(host, step):
     finished = apply(host, second_run(host))
     assert finished.returncode == 0, finished.stderr
     assert "stopped before it finished" in finished.stderr
-    assert "nginx listens on 25 993" in finished.stdout
+    assert "nginx listens on 25 80 993" in finished.stdout
     assert calls(host, "nginx-reload") == 1, "nginx may still serve the killed run's previous file"
     assert serving_only(host, [25, 993], [])
     done = state(host)

@@ -102,13 +102,14 @@ class Home:
 
     def apply(self, settings=None, fail_on: str | None = None, password: str = PASSWORD,
               gateway_tailnet_ip: str = GATEWAY_TAILNET_IP, mistakes: dict[str, str] | None = None,
-              commands=None):
+              commands=None, dns_credentials: dict[str, str] | None = None):
         """What `pulumi up` does: render, ship, apply. `mistakes`: file name -> lines put
         at the end of mailgate's block in that file (a mistake in what mailgate sends)."""
         settings = settings or self.settings
         commands = commands or self.commands
         deployment = Deployment(gateway_tailnet_ip=gateway_tailnet_ip)
-        files = home_files(settings, deployment, Secrets(relay_password=password))
+        files = home_files(settings, deployment, Secrets(relay_password=password,
+                                                         acme_dns_credentials=dns_credentials))
         end = markers(settings.names.stack)[1] + "\n"
         for name, lines in (mistakes or {}).items():
             files = [dataclasses.replace(f, text=f.text.replace(end, lines + end)) if f.path.endswith(f"/{name}") else f
@@ -195,7 +196,10 @@ def test_first_apply_writes_merges_validates_and_recreates(home):
     assert home.serving() == BOTH_SERVING  # Mailcow as it ran before mailgate
     result = home.apply()
     assert result.returncode == 0, result.stderr
-    assert "(recreated: dovecot-mailcow postfix-mailcow; restarted: none)" in result.stdout
+    # The acme container too: mailcow.conf now holds its SKIP_IP_CHECK (and dns-01.conf
+    # mailgate's block), so it is recreated with them.
+    assert "(recreated: acme-mailcow dovecot-mailcow postfix-mailcow; restarted: none)" in result.stdout
+    assert oct(mailcow_file(home, "data/conf/acme/dns-01.conf").stat().st_mode & 0o777) == "0o600"
     override = mailcow_file(home, "docker-compose.override.yml").read_text()
     assert "MINE=1  # keep" in override and "${SMTP_PORT_HAPROXY:?" in override
     conf = mailcow_file(home, "mailcow.conf").read_text()
@@ -208,7 +212,7 @@ def test_first_apply_writes_merges_validates_and_recreates(home):
     # Checked before anything went live: the staged files, not the live ones.
     validated = [c for c in calls if " config -q" in c or c.startswith("compose exec") and REDIS not in c]
     assert len(validated) == 3 and calls.index(validated[-1]) < calls.index(
-        "compose up -d --force-recreate dovecot-mailcow postfix-mailcow")
+        "compose up -d --force-recreate acme-mailcow dovecot-mailcow postfix-mailcow")
     assert validated[0].startswith("compose --env-file /tmp/") and "/mailcow.conf -f docker-compose.yml -f" in validated[0]
     assert validated[1].startswith("compose exec -T postfix-mailcow sh -c") and "postconf" in validated[1]
     assert validated[2].startswith("compose exec -T dovecot-mailcow sh -c") and "doveconf" in validated[2]
@@ -384,9 +388,9 @@ def test_failure_after_a_container_loaded_new_files_loads_the_old_ones_again(hom
     before = home.tree()
     postfix = home.container(POSTFIX)
     services = [s for s in dev_raw["services"] if s != "submission"]
-    # Postfix is recreated with the new files first; dovecot's `up -d` then fails.
+    # Postfix is recreated with the new files first; the `up -d` of acme and dovecot then fails.
     result = home.apply(variant(dev_raw, relay__port=2525, services=services),
-                        fail_on=f"up -d {DOVECOT}")
+                        fail_on=f"up -d acme-mailcow {DOVECOT}")
     assert result.returncode == 1
     assert "could not recreate or restart the containers; restoring the previous files" in result.stderr
     assert home.tree() == before
@@ -641,7 +645,7 @@ def test_standalone_docker_compose_is_used_when_the_plugin_is_missing(home, tmp_
     assert result.returncode == 0, result.stderr
     assert home.serving() == BOTH_SERVING
     used = list(zip(home.docker.programs(), home.docker.calls()))[calls:]
-    assert ("docker-compose", "compose up -d --force-recreate dovecot-mailcow postfix-mailcow") in used
+    assert ("docker-compose", "compose up -d --force-recreate acme-mailcow dovecot-mailcow postfix-mailcow") in used
     assert {program for program, call in used if call.startswith("compose ") and call != "compose"} == {"docker-compose"}
     # Neither: stop before anything changes.
     before = home.tree(without_state=False)
@@ -882,3 +886,41 @@ def test_the_redis_stand_in_keeps_hashes_and_asks_for_the_password(tmp_path):
     no_password = docker.compose(mailcow, "exec", "-T", REDIS, "redis-cli", "HEXISTS", "F2B_WHITELIST", "a")
     assert no_password.returncode == 1 and "NOAUTH Authentication required." in no_password.stdout
     assert [call["auth_env"] for call in docker.redis_calls()][-2:] == [True, False]
+
+
+DNS_TOKEN = "cf-token-4d2c9e1a"  # a DNS provider's API token, as secret as the relay password
+ACME_TEMPLATE = "# DNS-01 provider credentials (the acme container's template)\n"
+
+
+def test_dns_01_credentials_reach_only_the_acme_container_and_destroy_takes_them_out(home, dev_raw):
+    acme_conf = mailcow_file(home, "data/conf/acme/dns-01.conf")
+    acme_conf.parent.mkdir(parents=True, exist_ok=True)
+    acme_conf.write_text(ACME_TEMPLATE)  # what the acme container writes at its first start
+    assert home.apply().returncode == 0
+    assert "ACME_DNS_CHALLENGE=n" in mailcow_file(home, "mailcow.conf").read_text()
+    dns_01 = variant(dev_raw, acme={"method": "dns-01", "dnsProvider": "dns_cf"})
+    postfix, dovecot, acme = (home.container(name) for name in (POSTFIX, DOVECOT, "acme-mailcow"))
+
+    result = home.apply(dns_01, dns_credentials={"CF_Token": DNS_TOKEN})
+    assert result.returncode == 0, result.stderr
+    assert DNS_TOKEN not in result.stdout + result.stderr
+    text = acme_conf.read_text()
+    assert text.startswith(ACME_TEMPLATE) and f'CF_Token="{DNS_TOKEN}"' in text
+    conf = mailcow_file(home, "mailcow.conf").read_text()
+    assert "ACME_DNS_CHALLENGE=y\nACME_DNS_PROVIDER=dns_cf" in conf
+    # The acme container is recreated for its environment (and restarted for dns-01.conf);
+    # Postfix and Dovecot are left alone... in Compose. The fake compares all of
+    # mailcow.conf, so it recreates them too; what the step asks is what is checked here.
+    assert "recreated: acme-mailcow dovecot-mailcow postfix-mailcow; restarted: none" in result.stdout
+    assert home.container("acme-mailcow").recreations == acme.recreations + 1
+    assert (home.container(POSTFIX).restarts, home.container(DOVECOT).restarts) == (postfix.restarts, dovecot.restarts)
+
+    # A new token alone: the acme container restarts, nothing else.
+    result = home.apply(dns_01, dns_credentials={"CF_Token": DNS_TOKEN + "-2"})
+    assert result.returncode == 0, result.stderr
+    assert "(recreated: none; restarted: acme-mailcow)" in result.stdout
+    assert f'CF_Token="{DNS_TOKEN}-2"' in acme_conf.read_text() and DNS_TOKEN + '"' not in acme_conf.read_text()
+
+    assert home.destroy().returncode == 0
+    assert acme_conf.read_text() == ACME_TEMPLATE  # the container's own file, as it was
+    assert "ACME_DNS" not in mailcow_file(home, "mailcow.conf").read_text()

@@ -48,10 +48,10 @@ def published(config: dict, service: str) -> set[str]:
 
 def test_compose_publishes_each_twin_on_the_tailnet_ip_only(dev_settings, tmp_path):
     config = compose_config(render_compose_override(dev_settings), render_mailcow_conf(dev_settings), tmp_path)
-    twins = {
-        s.container: set() for s in dev_settings.enabled_services
-    }
-    for service in dev_settings.enabled_services:
+    # Mailcow publishes its own web ports (port 80 among them); mailgate only the twins.
+    mine = [s for s in dev_settings.enabled_services if s.mailcow_variable]
+    twins = {s.container: set() for s in mine}
+    for service in mine:
         twins[service.container].add(f"100.64.0.2:{service.home_port}:{service.home_port}/tcp")
     for container, expected in twins.items():
         got = {p for p in published(config, container) if p.startswith("100.64.")}
@@ -82,7 +82,7 @@ def twin_mappings(config: dict, settings) -> dict[str, list[str]]:
 
 def expected_twins(settings) -> dict[str, list[str]]:
     expected: dict[str, list[str]] = {"postfix-mailcow": [], "dovecot-mailcow": []}
-    for service in settings.enabled_services:
+    for service in (s for s in settings.enabled_services if s.mailcow_variable):
         expected[service.container].append(f"100.64.0.2:{service.home_port}:{service.home_port}/tcp")
     return {container: sorted(ports) for container, ports in expected.items()}
 

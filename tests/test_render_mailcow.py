@@ -9,7 +9,9 @@ from mailgate.deployment import Deployment
 from mailgate.managed_block import markers
 from mailgate.renderers.mailcow import (
     MAILCOW_SASL_MAP,
+    block_keys,
     mailcow_variables,
+    render_acme_dns_conf,
     render_dovecot_extra,
     render_mailcow_conf,
     render_postfix_extra,
@@ -110,8 +112,49 @@ def test_mailcow_conf_publishes_each_enabled_twin_on_the_tailnet_ip(dev_settings
         "IMAP_PORT_HAPROXY": "100.64.0.2:10143",
         "IMAPS_PORT_HAPROXY": "100.64.0.2:10993",
         "SIEVE_PORT_HAPROXY": "100.64.0.2:14190",
+        # ACME's HTTP-01 through the gateway (the default): Mailcow's own address check skipped.
+        "SKIP_IP_CHECK": "y",
+        "ACME_DNS_CHALLENGE": "n",
     }
     assert mailcow_variables(everything(dev_raw_of(dev_settings)))["SKIP_IP_CHECK"] == "y"
+
+
+ACME_KEYS = ("SKIP_IP_CHECK", "ACME_DNS_CHALLENGE", "ACME_DNS_PROVIDER", "ACME_ACCOUNT_EMAIL",
+             "ADDITIONAL_SAN", "AUTODISCOVER_SAN")
+
+
+def acme_variables(dev_raw, **acme) -> dict[str, str]:
+    variables = mailcow_variables(variant(dev_raw, acme=acme))
+    return {key: value for key, value in variables.items() if key in ACME_KEYS}
+
+
+def test_mailcow_conf_says_how_mailcow_gets_its_certificate(dev_raw):
+    assert acme_variables(dev_raw, additionalSan=["webmail.example.com", "mail.example.org"],
+                          autodiscoverSan=False) == {
+        "SKIP_IP_CHECK": "y", "ACME_DNS_CHALLENGE": "n",
+        "ADDITIONAL_SAN": "webmail.example.com,mail.example.org", "AUTODISCOVER_SAN": "n"}
+    assert acme_variables(dev_raw, method="dns-01", dnsProvider="dns_cf", accountEmail="me@example.net",
+                          additionalSan=["*.example.com", "example.com"]) == {
+        "SKIP_IP_CHECK": "y", "ACME_DNS_CHALLENGE": "y", "ACME_DNS_PROVIDER": "dns_cf",
+        "ACME_ACCOUNT_EMAIL": "me@example.net", "ADDITIONAL_SAN": "*.example.com,example.com"}
+    # none: Mailcow's certificate settings stay the user's, and port 80 stays closed.
+    assert acme_variables(dev_raw, method="none") == {}
+    assert "http" not in [s.name for s in variant(dev_raw, acme={"method": "none"}).enabled_services]
+
+
+def test_dns_01_conf_holds_the_credentials_one_quoted_line_each(dev_raw):
+    settings = variant(dev_raw, acme={"method": "dns-01", "dnsProvider": "dns_cf"})
+    text = render_acme_dns_conf(settings, {"CF_Token": 'tok "en" x', "CF_Account_ID": "abc"})
+    body = text.splitlines()[1:-1]
+    # Mailcow's loader takes one pair of surrounding quotes off: the value comes back whole.
+    assert body == ['CF_Token="tok "en" x"', 'CF_Account_ID="abc"']
+    assert block_keys(text) == ["CF_Token", "CF_Account_ID"]
+    with pytest.raises(ValueError, match=r"acmeDnsCredentials\.CF_Token: expected a non-empty text of one line"):
+        render_acme_dns_conf(settings, {"CF_Token": "a\nB=c"})
+    with pytest.raises(ValueError, match=r"acmeDnsCredentials\.1BAD: not a variable name"):
+        render_acme_dns_conf(settings, {"1BAD": "x"})
+    # Without dns-01, the block holds no credential at all.
+    assert block_keys(render_acme_dns_conf(variant(dev_raw), {"CF_Token": "x"})) == []
 
 
 def dev_raw_of(settings):

@@ -17,7 +17,10 @@ def by_type(records, record_type):
 
 def test_records_point_mail_at_the_gateway(dev_settings):
     records = dns_records(dev_settings, Deployment(public_ipv4="203.0.113.10"))
-    assert [(r.name, r.value) for r in by_type(records, "A")] == [("mail.example.com", "203.0.113.10")]
+    # mailHostname, then the other names of Mailcow's certificate (ACME checks each at the gateway).
+    assert [(r.name, r.value) for r in by_type(records, "A")] == [
+        ("mail.example.com", "203.0.113.10"), ("autoconfig.example.com", "203.0.113.10"),
+        ("autodiscover.example.com", "203.0.113.10")]
     assert [(r.name, r.value) for r in by_type(records, "MX")] == [("example.com", "10 mail.example.com.")]
     txt = {r.name: r.value for r in by_type(records, "TXT") if not r.value.startswith("<")}
     assert txt["example.com"] == "v=spf1 include:spf.brevo.com ~all"
@@ -35,8 +38,18 @@ def test_srv_records_follow_the_enabled_services(dev_raw):
 
 def test_ipv6_and_web_add_their_records(dev_raw):
     records = dns_records(everything(dev_raw), Deployment(public_ipv6="2001:db8::10"))
-    assert [r.value for r in by_type(records, "AAAA")] == ["2001:db8::10"]
-    assert {r.name for r in by_type(records, "CNAME")} == {"autodiscover.example.com", "autoconfig.example.com"}
+    assert [(r.name, r.value) for r in by_type(records, "AAAA")] == [
+        (name, "2001:db8::10") for name in ("mail.example.com", "autoconfig.example.com", "autodiscover.example.com")]
+    assert ("_autodiscover._tcp.example.com", "0 1 443 mail.example.com.") in [
+        (r.name, r.value) for r in by_type(records, "SRV")]
+
+
+def test_every_certificate_name_points_at_the_gateway_and_autodiscover_can_be_left_out(dev_raw):
+    settings = variant(dev_raw, acme={"additionalSan": ["webmail.example.com", "mail.example.org"],
+                                      "autodiscoverSan": False})
+    records = dns_records(settings, Deployment(public_ipv4="203.0.113.10"))
+    assert [r.name for r in by_type(records, "A")] == ["mail.example.com", "webmail.example.com", "mail.example.org"]
+    assert not any(r.name.startswith("_autodiscover") for r in records)  # web forwarding is off
 
 
 def test_placeholders_are_marked_for_the_user(dev_settings):
@@ -53,7 +66,7 @@ def test_policy_lets_only_the_gateway_tag_reach_the_twin_ports(dev_settings):
     policy = hujson(render_policy_snippet(dev_settings))
     assert policy["acls"] == [{
         "action": "accept", "src": ["tag:mailgw"],
-        "dst": ["mailgate-home:10025,10465,10587,10143,10993,14190"],
+        "dst": ["mailgate-home:10025,10465,10587,10143,10993,14190,80"],
     }, {
         # pulumi up reaches the gateway over the tailnet.
         "action": "accept", "src": ["autogroup:admin"], "dst": ["tag:mailgw:22"],
@@ -72,7 +85,7 @@ def test_a_jump_through_the_gateway_is_allowed_only_when_asked_for(dev_raw, dev_
 def test_policy_names_the_home_tag_when_there_is_one(dev_raw):
     settings = variant(dev_raw, tailscale={"homeTag": "tag:mailhome"}, services=["smtp"])
     policy = hujson(render_policy_snippet(settings))
-    assert policy["acls"][0]["dst"] == ["tag:mailhome:10025"]
+    assert policy["acls"][0]["dst"] == ["tag:mailhome:10025,80"]
     assert "hosts" not in policy
     assert set(policy["tagOwners"]) == {"tag:mailgw", "tag:mailhome"}
 
@@ -126,7 +139,7 @@ def test_a_users_devices_are_tested_against_the_twin_ports_when_named(dev_raw, d
 def test_with_bans_the_gateway_may_also_fetch_the_ban_list_from_mailcows_https_port(dev_raw):
     banning = variant(dev_raw, bans={"enabled": True, "homeHttpsPort": 8443})
     policy = hujson(render_policy_snippet(banning))
-    assert policy["acls"][0]["dst"] == ["mailgate-home:10025,10465,10587,10143,10993,14190,8443"]
+    assert policy["acls"][0]["dst"] == ["mailgate-home:10025,10465,10587,10143,10993,14190,80,8443"]
     [test] = policy["tests"]
     assert "mailgate-home:8443" in test["accept"] and "mailgate-home:443" in test["deny"]
     assert "HTTPS port 8443 (the ban list)" in render_policy_snippet(banning)

@@ -65,8 +65,9 @@ def _evidence(lines: list[str]) -> str:
 
 
 def real_client_address(settings: Settings) -> list[Result]:
+    """Every PROXY service (port 80 sends only ACME's path home, without a PROXY header)."""
     results = []
-    for service in settings.enabled_services:
+    for service in (s for s in settings.enabled_services if s.proxy_protocol):
         lines = _session_lines(service)
         real = any(CLIENT_IP in line for line in lines)
         tunnel = any(GATEWAY_TAILNET in line for line in lines)

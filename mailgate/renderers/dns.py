@@ -58,11 +58,15 @@ def dns_records(settings: Settings, deployment: Deployment) -> list[DnsRecord]:
         for s in settings.enabled_services
         if s.srv
     ]
+    # Every other name of Mailcow's certificate: ACME proves it through the gateway.
+    for name in settings.certificate_names[1:]:
+        records.append(DnsRecord(name, "A", deployment.public_ipv4,
+                                 "on Mailcow's certificate; mail clients' auto-configuration"))
+        if deployment.public_ipv6:
+            records.append(DnsRecord(name, "AAAA", deployment.public_ipv6, "the gateway's IPv6"))
     if settings.web.enabled:
-        records += [
-            DnsRecord(f"{name}.{domain}", "CNAME", f"{host}.", "mail client auto-configuration")
-            for name in ("autodiscover", "autoconfig")
-        ]
+        records.append(DnsRecord(f"_autodiscover._tcp.{domain}", "SRV", f"0 1 443 {host}.",
+                                 "lets Outlook find autodiscover over web forwarding"))
     return records
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from mailgate.deployment import Deployment
 from mailgate.managed_block import block_text
-from mailgate.settings import Settings
+from mailgate.settings import ACME_CREDENTIALS, NAMESPACE, Settings, acme_credentials_problems
 
 # Inside the postfix-mailcow container, data/conf/postfix is mounted here.
 POSTFIX_CONTAINER_CONF = "/opt/postfix/conf"
@@ -19,16 +19,30 @@ MAILCOW_SASL_MAP = f"proxy:mysql:{POSTFIX_CONTAINER_CONF}/sql/mysql_sasl_passwd_
 
 
 def mailcow_variables(settings: Settings) -> dict[str, str]:
-    """mailcow.conf variables: each enabled twin port published on the tailnet IP only."""
+    """mailcow.conf variables: each enabled twin port published on the tailnet IP only, and
+    how Mailcow's acme container gets its certificate (mailgate:acme)."""
     variables = {
         s.mailcow_variable: f"{settings.home.tailnet_ip}:{s.home_port}"
         for s in settings.enabled_services
         if s.mailcow_variable
     }
-    if settings.web.enabled:
-        # acme-mailcow compares the A record with the home line's own address, which is
-        # not the gateway's; skip that check.
+    acme = settings.acme
+    if acme.method != "none" or settings.web.enabled:
+        # acme-mailcow compares each name's A record with the home line's own address,
+        # which behind the gateway it never is; skip that check.
         variables["SKIP_IP_CHECK"] = "y"
+    if acme.method == "none":
+        return variables
+    variables["ACME_DNS_CHALLENGE"] = "y" if acme.method == "dns-01" else "n"
+    if acme.method == "dns-01":
+        variables["ACME_DNS_PROVIDER"] = acme.dns_provider
+        if acme.account_email:
+            variables["ACME_ACCOUNT_EMAIL"] = acme.account_email
+    # Unset keys leave Mailcow's own line (or the user's) in force.
+    if acme.additional_san is not None:
+        variables["ADDITIONAL_SAN"] = ",".join(acme.additional_san)
+    if acme.autodiscover_san is not None:
+        variables["AUTODISCOVER_SAN"] = "y" if acme.autodiscover_san else "n"
     return variables
 
 
@@ -43,6 +57,23 @@ def render_mailcow_conf(settings: Settings) -> str:
 def relay_host_key(settings: Settings) -> str:
     """The relayhost value, which is also the key of the password map."""
     return f"[{settings.relay.host}]:{settings.relay.port}"
+
+
+def render_acme_dns_conf(settings: Settings, credentials: dict[str, str] | None) -> str:
+    """mailgate's block in data/conf/acme/dns-01.conf, which Mailcow's acme container reads
+    line by line (KEY=value, one pair of surrounding quotes taken off). `credentials`: the
+    secret mailgate:acmeDnsCredentials, None for a render (a placeholder line then)."""
+    if settings.acme.method != "dns-01":
+        body = "# mailgate:acme.method is not dns-01: mailgate gives Mailcow no DNS credentials."
+    elif credentials is None:
+        body = (f"# <{settings.acme.dns_provider}'s variables: pulumi config set --secret --path "
+                f"'{NAMESPACE}:{ACME_CREDENTIALS}.<NAME>' <value>>")
+    else:
+        problems = acme_credentials_problems(credentials)
+        if problems:
+            raise ValueError("; ".join(problems))
+        body = "\n".join(f'{name}="{value}"' for name, value in credentials.items())
+    return block_text(body, settings.names.stack)
 
 
 def render_postfix_extra(settings: Settings) -> str:

@@ -16,8 +16,6 @@ from mailgate.renderers import render_template
 from mailgate.settings import Settings
 
 CONNECT_TIMEOUT_SECONDS = 5
-# How long the gateway waits for Mailcow to answer a challenge request.
-CHALLENGE_READ_TIMEOUT_SECONDS = 30
 
 
 @dataclass(frozen=True)
@@ -61,22 +59,18 @@ def render_nginx_stream(settings: Settings, runtime: NginxRuntime | None = None,
 
 def render_nginx_conf(settings: Settings, runtime: NginxRuntime | None = None,
                       idle_seconds: Mapping[IdleTimeout, int] | None = None) -> str:
-    """A whole nginx.conf holding both files' texts: for the lab and tests only."""
+    """A whole nginx.conf holding both files' texts, and a stand-in of the packaged default
+    site where port 80 is open: for the lab and tests only."""
     runtime = runtime or DEPLOY_RUNTIME
+    default_site = []
+    if HTTP_SERVICE in settings.enabled_services:
+        port = HTTP_SERVICE.public_port
+        default_site = [f"{runtime.listen_address}:{port}" if runtime.listen_address else str(port)]
+        if settings.gateway.ipv6 and runtime.listen_address is None:
+            default_site.append(f"[::]:{port}")
     return render_template("nginx.conf.j2", runtime=runtime,
                            stream=render_nginx_stream(settings, runtime, idle_seconds),
-                           http=render_nginx_http(settings, runtime))
-
-
-def certificate_names(settings: Settings) -> list[str]:
-    """The names Mailcow asks a certificate for that mailgate knows of (Mailcow adds
-    autoconfig/autodiscover of every mail domain it serves, which the http server matches
-    by pattern)."""
-    names = [settings.mail_hostname]
-    if settings.acme.autodiscover_san is not False:
-        names += [f"{label}.{settings.domain}" for label in ("autoconfig", "autodiscover")]
-    names += [name for name in settings.acme.additional_san or () if not name.startswith("*.")]
-    return list(dict.fromkeys(names))
+                           http=render_nginx_http(settings, runtime), default_site=default_site)
 
 
 def render_nginx_http(settings: Settings, runtime: NginxRuntime | None = None) -> str:
@@ -88,12 +82,11 @@ def render_nginx_http(settings: Settings, runtime: NginxRuntime | None = None) -
         "nginx-http.conf.j2",
         runtime=runtime,
         service=service,
-        names=certificate_names(settings),
+        names=settings.certificate_names,
         home_address=settings.home.tailnet_ip,
         ipv6=settings.gateway.ipv6 and runtime.listen_address is None,
         listen_ipv4=f"{runtime.listen_address}:" if runtime.listen_address else "",
         challenge_path=ACME_CHALLENGE_PATH,
         connect_timeout=CONNECT_TIMEOUT_SECONDS,
-        read_timeout=CHALLENGE_READ_TIMEOUT_SECONDS,
         redirect=settings.mail_hostname if settings.web.enabled else None,
     )

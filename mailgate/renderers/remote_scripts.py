@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from mailgate.layout import (
+    ACME_DNS_CONF,
     BLOCK,
     COMPOSE,
     HOME,
@@ -28,6 +29,7 @@ from mailgate.layout import (
     GATEWAY_FIREWALL_V6,
     MAILCOW_CONF,
     NGINX_PACKAGED_CONF,
+    NGINX_HTTP,
     NGINX_STREAM,
     POSTFIX_EXTRA,
     POSTFIX_RELAY_MAP,
@@ -47,7 +49,7 @@ from mailgate.renderers.bans import NFT, NFT_TABLE
 from mailgate.renderers.watch import PYTHON
 from mailgate.settings import Settings
 
-POSTFIX, DOVECOT = "postfix-mailcow", "dovecot-mailcow"
+POSTFIX, DOVECOT, ACME = "postfix-mailcow", "dovecot-mailcow", "acme-mailcow"
 REDIS = "redis-mailcow"
 DOVECOT_CONTAINER_CONF = "/etc/dovecot"
 
@@ -61,9 +63,12 @@ IPV6_FILTER_SKIPPED = ("this host has no IPv6 raw table (ip6tables -t raw; boote
 # .env) are the containers' definition, applied by `compose up -d`, which recreates a
 # container only when that changed; the others are bind mounts that a container reads
 # only when it starts (Postfix builds main.cf from extra.cf then), so they need a restart.
+# The acme container's environment holds mailcow.conf's ACME lines (SKIP_IP_CHECK,
+# ADDITIONAL_SAN, ACME_DNS_*): Compose recreates it only when one of those changed.
 HOME_EFFECTS: dict[str, tuple[str, str]] = {
     COMPOSE_OVERRIDE: (f"{POSTFIX} {DOVECOT}", RECREATE),
-    MAILCOW_CONF: (f"{POSTFIX} {DOVECOT}", RECREATE),
+    MAILCOW_CONF: (f"{POSTFIX} {DOVECOT} {ACME}", RECREATE),
+    ACME_DNS_CONF: (ACME, RESTART),
     DOVECOT_EXTRA: (DOVECOT, RESTART),
     POSTFIX_EXTRA: (POSTFIX, RESTART),
     POSTFIX_RELAY_MAP: (POSTFIX, RESTART),
@@ -229,14 +234,20 @@ def render_gateway_apply(files: list[RenderedFile], commands: HostCommands = Hos
     firewall = [ScriptFile(p, 0o640, ip_version=v)
                 for p, v in ((GATEWAY_FIREWALL_V4, 4), (GATEWAY_FIREWALL_V6, 6))
                 if any(f.path == p for f in files)]
-    stream = next(f for f in files if f.path == NGINX_STREAM)
-    # What nginx must listen on once it serves: every port the stream file lists.
-    ports = sorted({int(port) for port in LISTEN_PORT.findall(stream.text)})
+    nginx_files = [f for f in files if f.path in (NGINX_STREAM, NGINX_HTTP)]
+    # What nginx must listen on once it serves: every port its files list.
+    ports = sorted({int(port) for f in nginx_files for port in LISTEN_PORT.findall(f.text)})
+    # Where each file is included from: its directory, matched by its last part (the
+    # packaged nginx.conf may name it relative to the prefix).
+    includes = [{"dir": str(PurePosixPath(f.path).parent), "name": PurePosixPath(f.path).name,
+                 "path": f.path, "pattern": PurePosixPath(f.path).parent.name.replace(".", "\\."),
+                 # A file of comments alone (port 80 closed) needs no include to take effect.
+                 "required": any(line.strip() and not line.lstrip().startswith("#") for line in f.text.splitlines())}
+                for f in nginx_files]
     return as_root(render_template(
         "scripts/gateway-apply.sh.j2", root=commands.root, commands=commands, files=script_files,
         firewall_files=firewall, wait_for_cloud_init=wait_for_cloud_init, instance_id=instance_id,
-        packaged_conf=NGINX_PACKAGED_CONF, stream=NGINX_STREAM,
-        stream_dir=str(PurePosixPath(NGINX_STREAM).parent), stream_name=PurePosixPath(NGINX_STREAM).name,
+        packaged_conf=NGINX_PACKAGED_CONF, stream=NGINX_STREAM, nginx_includes=includes,
         ports=ports, chain=GATEWAY_INPUT_CHAIN, lock=GATEWAY_LOCK, pending=GATEWAY_PENDING, timers=timers or []))
 
 

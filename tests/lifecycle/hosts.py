@@ -35,13 +35,16 @@ GATEWAY_COMMANDS = HostCommands(
 )
 # Relative paths resolve against each VM's prefix (-p), so one config fits every VM.
 GATEWAY_NGINX = NginxRuntime(user="root", pid="run/nginx.pid", error_log="log/error.log",
-                             access_log="log/mailgate-stream.log", worker_connections=64)
+                             access_log="log/mailgate-stream.log", http_access_log="log/mailgate-http.log",
+                             worker_connections=64)
 # The packaged nginx.conf once cloud-init installed nginx, in miniature: like Ubuntu's, it
 # includes modules-enabled/*.conf at the top level (where the stream module's loader and
-# mailgate's stream file sit) and serves the default site, no stream.
+# mailgate's stream file sit), includes conf.d/*.conf in its http block (where port 80's
+# server goes) and serves the default site on port 80, no stream.
 STOCK_NGINX_CONF = (
     "user root;\npid run/nginx.pid;\nerror_log log/error.log;\ninclude modules-enabled/*.conf;\n"
-    "events {}\nhttp {\n  access_log off;\n  server {\n    listen 80 default_server;\n  }\n}\n"
+    "events {}\nhttp {\n  access_log off;\n  include conf.d/*.conf;\n"
+    "  server {\n    listen 80 default_server;\n  }\n}\n"
 )
 STREAM_LOADER = "load_module modules/ngx_stream_module.so;\n"
 PROBE = "import socket,sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=2).close()"
@@ -59,7 +62,7 @@ class GatewayMachine:
     def __init__(self, directory: Path, netns_prefix: str):
         need_program("nginx")
         self.root = directory / "root"
-        for sub in ("etc/nginx/modules-enabled", "run", "log"):
+        for sub in ("etc/nginx/modules-enabled", "etc/nginx/conf.d", "run", "log"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         (self.root / "etc/nginx/modules-enabled/50-mod-stream.conf").write_text(STREAM_LOADER)
         # modules-enabled says `load_module modules/...`, relative to the prefix.
