@@ -26,8 +26,8 @@ from tests.test_remote_gateway import apply, files_for, leftovers, listening, st
 gateway = gateways.gateway  # the fixture: a gateway in a namespace, reached as root and with sudo
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
-NEW_RULE = "-A MAILGATE-IN -p tcp -m multiport --dports 25,993 -j ACCEPT"
-OLD_RULE = "-A MAILGATE-IN -p tcp -m multiport --dports 25 -j ACCEPT"
+NEW_RULE = "-A MAILGATE-IN -p tcp -m multiport --dports 25,993,80 -j ACCEPT"
+OLD_RULE = "-A MAILGATE-IN -p tcp -m multiport --dports 25,80 -j ACCEPT"
 
 # A host program as the step calls it, except that "$0.kill" holding "before N" or
 # "after N" stops the run at the program's N-th call, before or after the real one ran.

@@ -895,7 +895,8 @@ ACME_TEMPLATE = "# DNS-01 provider credentials (the acme container's template)\n
 def test_dns_01_credentials_reach_only_the_acme_container_and_destroy_takes_them_out(home, dev_raw):
     acme_conf = mailcow_file(home, "data/conf/acme/dns-01.conf")
     acme_conf.parent.mkdir(parents=True, exist_ok=True)
-    acme_conf.write_text(ACME_TEMPLATE)  # what the acme container writes at its first start
+    acme_conf.write_text(ACME_TEMPLATE)  # what the acme container writes at its first start,
+    acme_conf.chmod(0o644)  # as root with umask 022
     assert home.apply().returncode == 0
     assert "ACME_DNS_CHALLENGE=n" in mailcow_file(home, "mailcow.conf").read_text()
     dns_01 = variant(dev_raw, acme={"method": "dns-01", "dnsProvider": "dns_cf"})
@@ -906,6 +907,7 @@ def test_dns_01_credentials_reach_only_the_acme_container_and_destroy_takes_them
     assert DNS_TOKEN not in result.stdout + result.stderr
     text = acme_conf.read_text()
     assert text.startswith(ACME_TEMPLATE) and f'CF_Token="{DNS_TOKEN}"' in text
+    assert oct(acme_conf.stat().st_mode & 0o777) == "0o600"  # the token is not for every user
     conf = mailcow_file(home, "mailcow.conf").read_text()
     assert "ACME_DNS_CHALLENGE=y\nACME_DNS_PROVIDER=dns_cf" in conf
     # The acme container is recreated for its environment (and restarted for dns-01.conf);

@@ -213,7 +213,7 @@ APPLY_STOPS = [
     pytest.param(SERVICES, "mv", f" {{root}}{home_path('/mailcow.conf')} ", id="update installed mailcow.conf"),
     pytest.param(SERVICES, "mv", f" {{root}}{STATE}/blocks{home_path('/mailcow.conf')} ",
                  id="update recorded blocks/mailcow.conf"),
-    pytest.param(SERVICES, "docker", f" up -d {DOVECOT} ", id="update containers recreated"),
+    pytest.param(SERVICES, "docker", f" up -d acme-mailcow {DOVECOT} ", id="update containers recreated"),
     pytest.param(RELAY, "iptables-restore", " --noflush ", id="update firewall reloaded"),
     pytest.param(RELAY, "ip6tables-restore", " --noflush ", id="update IPv6 firewall reloaded"),
     pytest.param(RELAY, "docker", " restart ", id="update containers restarted"),

@@ -173,6 +173,8 @@ class ScriptFile:
     """BLOCK or COMPOSE: the payload holds mailgate's block, spliced into the live file."""
     keys: str = ""
     """BLOCK: the keys the block sets (space-separated), which no later line may set."""
+    private: bool = False
+    """A shared file whose block holds a secret: made readable by its owner only."""
 
 
 # The hosts the components' scripts act on: production programs at the real paths. Only
@@ -301,7 +303,7 @@ def _home_script_file(settings: Settings, rendered: RenderedFile) -> ScriptFile:
         if rendered.path == home_path(settings, relative):
             keys = " ".join(block_keys(rendered.text)) if rendered.splice == BLOCK else ""
             return ScriptFile(rendered.path, rendered.mode, services=services, action=action,
-                              splice=rendered.splice, keys=keys)
+                              splice=rendered.splice, keys=keys, private=rendered.secret and bool(rendered.splice))
     kind = {settings.names.home_firewall_path: "firewall", settings.names.home_firewall_v6_path: "firewall",
             settings.names.home_nonlocal_bind_sysctl: "sysctl"}.get(rendered.path, "systemd")
     return ScriptFile(rendered.path, rendered.mode, kind=kind)

@@ -15,19 +15,15 @@ from mailgate.lab.checks import (
 )
 from mailgate.lab.system import run
 from mailgate.lab.system import alive, exclusive, recorded_pids
-from tests.conftest import ROOT, need, need_program, need_root
+from tests.conftest import ROOT
+from tests.lab.machine import need_lab
 
 pytestmark = pytest.mark.lab
 
 
 @pytest.fixture(scope="module", autouse=True)
 def lab_machine():
-    need(sys.platform == "linux", "the lab needs Linux network namespaces")
-    need_root()
-    for program in ("nginx", "postfix", "dovecot", "wireguard-go", "wg", "openssl", "iptables",
-                    "fail2ban-server", "nft"):
-        need_program(program)
-    need(__import__("os").path.exists("/dev/net/tun"), "wireguard-go needs /dev/net/tun")
+    need_lab()
     with exclusive():  # another run of these tests on this machine waits instead of clobbering
         yield
         lab.down()

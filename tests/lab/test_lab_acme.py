@@ -8,7 +8,6 @@ issuance fails, so the first check cannot pass by accident."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -17,19 +16,15 @@ import yaml
 
 from mailgate.lab import ACME_CA_IP, GATEWAY_TAILNET, HOME_TAILNET, acme, acme_checks, lab
 from mailgate.lab.system import exclusive
-from tests.conftest import DEV_STACK, ROOT, need, need_program, need_root
+from tests.conftest import DEV_STACK, ROOT
+from tests.lab.machine import need_lab
 
 pytestmark = pytest.mark.lab
 
 
 @pytest.fixture(scope="module", autouse=True)
 def lab_machine():
-    need(sys.platform == "linux", "the lab needs Linux network namespaces")
-    need_root()
-    for program in ("nginx", "postfix", "dovecot", "wireguard-go", "wg", "openssl", "iptables",
-                    "fail2ban-server", "nft", *acme.PROGRAMS):
-        need_program(program)
-    need(os.path.exists("/dev/net/tun"), "wireguard-go needs /dev/net/tun")
+    need_lab(*acme.PROGRAMS)
     with exclusive():  # another run of the lab tests on this machine waits instead of clobbering
         yield
         lab.down()
