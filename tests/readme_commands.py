@@ -115,8 +115,10 @@ def mailgate_command_problems(line: str) -> list[str]:
     args = [w for w in words[start + 1:] if not w.startswith("<")]
     parser = cli._parser()
     subparsers = next(a for a in parser._actions if a.dest == "command").choices
-    if not args or args[0] not in subparsers:
-        return [f"{line}: no subcommand {args[0] if args else ''!r}"]
+    if not args:
+        return []  # prose naming the command, not a line to type
+    if args[0] not in subparsers:
+        return [f"{line}: no subcommand {args[0]!r}"]
     sub = subparsers[args[0]]
     known = {option for action in sub._actions for option in action.option_strings}
     problems = [f"{line}: {args[0]} has no option {word}" for word in args[1:]
