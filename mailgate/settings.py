@@ -612,12 +612,17 @@ ACME_METHODS = ("http-01", "dns-01", "none")
 DNS_API = re.compile(r"^dns_[a-z0-9_]+$")
 # A name in a dns-01.conf line, which Mailcow's loader exports as an environment variable.
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Names that would change how the acme container itself runs, not a DNS API's credential.
+ENV_NAME_REFUSED = re.compile(r"^(PATH|HOME|SHELL|IFS|ENV|BASH_ENV|LD_.*|ACME_.*|LE_.*|DIRECTORY_URL|"
+                              r"SKIP_.*|ADDITIONAL_SAN|AUTODISCOVER_SAN|MAILCOW_.*|DB.*|REDIS.*)$")
 ACME_CREDENTIALS = "acmeDnsCredentials"
 
 
 def _san(value: str) -> str:
     if value.startswith("*."):
         return "*." + _hostname(value[2:])
+    if value.endswith(".*") and DNS_LABEL.match(value[:-2].lower()):
+        return value.lower()  # Mailcow's form: this label under every mail domain it serves
     return _hostname(value)
 
 
@@ -637,13 +642,15 @@ class AcmeSettings(Strict):
     )
     account_email: str | None = Field(
         None,
-        description="dns-01: the ACME account's contact address (ACME_ACCOUNT_EMAIL); empty "
-        "leaves Mailcow's value.",
+        validate_default=True,
+        description="dns-01: the ACME account's contact address (ACME_ACCOUNT_EMAIL); required "
+        "with dns-01 (Mailcow's default, me@example.com, is refused by Let's Encrypt).",
     )
     additional_san: list[Annotated[str, AfterValidator(_san)]] | None = Field(
         None,
-        description="More names for Mailcow's certificate (ADDITIONAL_SAN); each one's A record "
-        "must point at the gateway. Empty leaves Mailcow's value; '*.' names need dns-01.",
+        description="More names for Mailcow's certificate (ADDITIONAL_SAN): names, 'label.*' (that "
+        "label under every mail domain) or, with dns-01, '*.' wildcards; each one's A record must "
+        "point at the gateway. Unset leaves Mailcow's value; [] clears it.",
     )
     autodiscover_san: bool | None = Field(
         None,
@@ -666,7 +673,12 @@ class AcmeSettings(Strict):
 
     @field_validator("account_email")
     @classmethod
-    def _account(cls, value: str | None) -> str | None:
+    def _account(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None and info.data.get("method") == "dns-01":
+            raise ValueError(
+                "missing; with dns-01 Mailcow registers an ACME account with it, and Let's Encrypt "
+                "refuses Mailcow's default (me@example.com); expected e.g. "
+                "`pulumi config set --path 'mailgate:acme.accountEmail' you@example.net`")
         return None if value is None else _email(value)
 
     @field_validator("additional_san")
@@ -694,6 +706,10 @@ def acme_credentials_problems(value: object) -> list[str]:
         if not ENV_NAME.match(str(name)):
             problems.append(f"{key}.{name}: not a variable name; expected letters, digits and '_' "
                             "(as acme.sh's DNS API documents them, e.g. CF_Token)")
+        elif ENV_NAME_REFUSED.match(str(name)):
+            problems.append(f"{key}.{name}: would change how Mailcow's acme container runs, not "
+                            "give your DNS provider's API a credential; expected the names acme.sh's "
+                            "DNS API list gives (e.g. CF_Token)")
         elif not isinstance(item, str) or not item or any(c in item for c in "\r\n\0"):
             problems.append(f"{key}.{name}: expected a non-empty text of one line")
     return problems
@@ -845,7 +861,7 @@ class Settings(Strict):
         names = [self.mail_hostname]
         if self.acme.autodiscover_san is not False:
             names += [f"{label}.{self.domain}" for label in ("autoconfig", "autodiscover")]
-        names += [name for name in self.acme.additional_san or () if not name.startswith("*.")]
+        names += [name for name in self.acme.additional_san or () if "*" not in name]
         return list(dict.fromkeys(names))
 
     @property

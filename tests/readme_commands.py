@@ -22,7 +22,7 @@ PROVIDER_KEYS = {
             "privateKeyPassword", "configFileProfile", "auth"},
     "tailscale": {"tailnet", "oauthClientId", "oauthClientSecret", "apiKey", "baseUrl", "scopes"},
 }
-FENCE = re.compile(r"^```[a-z]*\n(.*?)^```", re.S | re.M)
+FENCE = re.compile(r"^[ \t]*```[a-z]*\n(.*?)^[ \t]*```", re.S | re.M)  # also inside list items
 INLINE = re.compile(r"(?<!`)`([^`]+)`(?!`)")
 PATH_PART = re.compile(r"([^.\[\]]+)((?:\[\d+\])*)")
 

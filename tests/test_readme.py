@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+
 from tests.conftest import ROOT
 from tests.readme_commands import commands, readme_problems
 
@@ -41,3 +44,19 @@ def test_the_example_stack_marks_every_value_a_user_must_replace():
         # On the key's line, or on the comment line right above it.
         marked = "# REPLACE" in lines[at] or lines[at - 1].strip().startswith("# REPLACE")
         assert marked, f"Pulumi.dev.yaml: {key} does not say where its real value comes from"
+
+
+def test_the_readmes_key_generation_makes_keys_pulumi_can_use(tmp_path):
+    lines = [line for line in commands(README) if line.startswith("ssh-keygen ")]
+    assert len(lines) == 2
+    (tmp_path / ".ssh").mkdir()
+    for line in lines:
+        made = subprocess.run(["sh", "-c", line], env={**os.environ, "HOME": str(tmp_path)},
+                              capture_output=True, text=True, timeout=60)
+        assert made.returncode == 0, made.stderr
+    for name in ("mailgate_home", "mailgate_gateway"):
+        key = tmp_path / ".ssh" / name
+        # No passphrase: the public half comes out with an empty one.
+        public = subprocess.run(["ssh-keygen", "-y", "-P", "", "-f", str(key)], capture_output=True, text=True)
+        assert public.returncode == 0, public.stderr
+        assert public.stdout.split()[:2] == (tmp_path / ".ssh" / f"{name}.pub").read_text().split()[:2]

@@ -301,9 +301,9 @@ def test_two_runs_at_once_are_serialised(gateway, dev_raw):
 
 def test_a_gateway_with_an_older_mailgates_nginx_conf_moves_its_stream_block(gateway, dev_raw):
     # Before the stream file, mailgate replaced nginx.conf with a whole config of its own.
-    # An older mailgate's whole config has no http block, so no port 80 here.
-    no_acme = {"method": "none"}
-    smtp = variant(dev_raw, services=["smtp"], acme=no_acme)
+    # An older mailgate's whole config had no http block: the move gives it one that
+    # loads conf.d, where port 80's server goes.
+    smtp = variant(dev_raw, services=["smtp"], acme={"method": "none"})
     runtime = NginxRuntime(user="root", pid=str(gateway["pid"]), error_log=str(gateway["tmp"] / "error.log"),
                            access_log=str(gateway["tmp"] / "access.log"), worker_connections=64,
                            listen_address=PUBLIC,
@@ -314,14 +314,14 @@ def test_a_gateway_with_an_older_mailgates_nginx_conf_moves_its_stream_block(gat
     start_nginx(gateway)
     assert listening(gateway, 25)
 
-    result = apply(gateway, files_for(variant(dev_raw, services=["smtp", "imaps"], acme=no_acme),
-                                      gateway["runtime"]))
+    result = apply(gateway, files_for(variant(dev_raw, services=["smtp", "imaps"]), gateway["runtime"]))
     assert result.returncode == 0, result.stderr
     assert "older mailgate" in result.stderr
     migrated = gateway["conf"].read_text()
     assert "stream {" not in migrated and "proxy_pass" not in migrated
     assert migrated.startswith(old[:old.index("events {")])
-    assert listening(gateway, 25) and listening(gateway, 993)
+    assert listening(gateway, 25) and listening(gateway, 993) and listening(gateway, 80)
+    assert f"http {{\n    include {gateway['root']}/etc/nginx/conf.d/*.conf;\n}}" in migrated
     gateway["packaged"] = migrated.encode()
 
 

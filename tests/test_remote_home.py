@@ -898,8 +898,8 @@ def test_dns_01_credentials_reach_only_the_acme_container_and_destroy_takes_them
     acme_conf.write_text(ACME_TEMPLATE)  # what the acme container writes at its first start,
     acme_conf.chmod(0o644)  # as root with umask 022
     assert home.apply().returncode == 0
-    assert "ACME_DNS_CHALLENGE=n" in mailcow_file(home, "mailcow.conf").read_text()
-    dns_01 = variant(dev_raw, acme={"method": "dns-01", "dnsProvider": "dns_cf"})
+    assert "SKIP_IP_CHECK=y" in mailcow_file(home, "mailcow.conf").read_text()
+    dns_01 = variant(dev_raw, acme={"method": "dns-01", "dnsProvider": "dns_cf", "accountEmail": "me@example.net"})
     postfix, dovecot, acme = (home.container(name) for name in (POSTFIX, DOVECOT, "acme-mailcow"))
 
     result = home.apply(dns_01, dns_credentials={"CF_Token": DNS_TOKEN})
@@ -909,7 +909,7 @@ def test_dns_01_credentials_reach_only_the_acme_container_and_destroy_takes_them
     assert text.startswith(ACME_TEMPLATE) and f'CF_Token="{DNS_TOKEN}"' in text
     assert oct(acme_conf.stat().st_mode & 0o777) == "0o600"  # the token is not for every user
     conf = mailcow_file(home, "mailcow.conf").read_text()
-    assert "ACME_DNS_CHALLENGE=y\nACME_DNS_PROVIDER=dns_cf" in conf
+    assert "ACME_DNS_CHALLENGE=y\nACME_DNS_PROVIDER=dns_cf\nACME_ACCOUNT_EMAIL=me@example.net" in conf
     # The acme container is recreated for its environment (and restarted for dns-01.conf);
     # Postfix and Dovecot are left alone... in Compose. The fake compares all of
     # mailcow.conf, so it recreates them too; what the step asks is what is checked here.
@@ -922,6 +922,14 @@ def test_dns_01_credentials_reach_only_the_acme_container_and_destroy_takes_them
     assert result.returncode == 0, result.stderr
     assert "(recreated: none; restarted: acme-mailcow)" in result.stdout
     assert f'CF_Token="{DNS_TOKEN}-2"' in acme_conf.read_text() and DNS_TOKEN + '"' not in acme_conf.read_text()
+
+    # A hand edit inside the block stops the next up, and the message never shows the token.
+    written = acme_conf.read_text()
+    acme_conf.write_text(written.replace(f"{DNS_TOKEN}-2", f"{DNS_TOKEN}-by-hand"))
+    refused = home.apply(dns_01, dns_credentials={"CF_Token": DNS_TOKEN + "-2"})
+    assert refused.returncode == 1 and "was edited since mailgate wrote it" in refused.stderr
+    assert DNS_TOKEN not in refused.stdout + refused.stderr and "not shown" in refused.stderr
+    acme_conf.write_text(written)
 
     assert home.destroy().returncode == 0
     assert acme_conf.read_text() == ACME_TEMPLATE  # the container's own file, as it was

@@ -114,7 +114,6 @@ def test_mailcow_conf_publishes_each_enabled_twin_on_the_tailnet_ip(dev_settings
         "SIEVE_PORT_HAPROXY": "100.64.0.2:14190",
         # ACME's HTTP-01 through the gateway (the default): Mailcow's own address check skipped.
         "SKIP_IP_CHECK": "y",
-        "ACME_DNS_CHALLENGE": "n",
     }
     assert mailcow_variables(everything(dev_raw_of(dev_settings)))["SKIP_IP_CHECK"] == "y"
 
@@ -131,7 +130,8 @@ def acme_variables(dev_raw, **acme) -> dict[str, str]:
 def test_mailcow_conf_says_how_mailcow_gets_its_certificate(dev_raw):
     assert acme_variables(dev_raw, additionalSan=["webmail.example.com", "mail.example.org"],
                           autodiscoverSan=False) == {
-        "SKIP_IP_CHECK": "y", "ACME_DNS_CHALLENGE": "n",
+        # No ACME_DNS_CHALLENGE: Mailcow's default, or a DNS-01 the user set up, stays.
+        "SKIP_IP_CHECK": "y",
         "ADDITIONAL_SAN": "webmail.example.com,mail.example.org", "AUTODISCOVER_SAN": "n"}
     assert acme_variables(dev_raw, method="dns-01", dnsProvider="dns_cf", accountEmail="me@example.net",
                           additionalSan=["*.example.com", "example.com"]) == {
@@ -143,7 +143,7 @@ def test_mailcow_conf_says_how_mailcow_gets_its_certificate(dev_raw):
 
 
 def test_dns_01_conf_holds_the_credentials_one_quoted_line_each(dev_raw):
-    settings = variant(dev_raw, acme={"method": "dns-01", "dnsProvider": "dns_cf"})
+    settings = variant(dev_raw, acme={"method": "dns-01", "dnsProvider": "dns_cf", "accountEmail": "me@example.net"})
     text = render_acme_dns_conf(settings, {"CF_Token": 'tok "en" x', "CF_Account_ID": "abc"})
     body = text.splitlines()[1:-1]
     # Mailcow's loader takes one pair of surrounding quotes off: the value comes back whole.

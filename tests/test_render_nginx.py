@@ -98,7 +98,7 @@ def test_mail_is_never_forwarded_to_a_plain_port(dev_raw):
 
 
 def test_disabled_services_are_absent(dev_raw):
-    settings = variant(dev_raw, services=["smtp", "imaps"], acme={"method": "dns-01", "dnsProvider": "dns_cf"})
+    settings = variant(dev_raw, services=["smtp", "imaps"], acme={"method": "none"})
     assert set(servers(render_nginx_stream(settings))) == {25, 993}
     assert "server {" not in render_nginx_http(settings)
 
@@ -175,3 +175,78 @@ def test_real_nginx_sends_the_real_client_address_to_every_twin(dev_settings, tm
     for service in (s for s in dev_settings.enabled_services if not s.gateway_http):
         header, client_port = seen[str(service.public_port)]
         assert header == f"PROXY TCP4 {client} {public} {client_port} {service.public_port}", service.name
+
+
+# Runs inside the namespace: Mailcow's port 80 on the home address (recording each path
+# it is asked for) and a client sending requests to the gateway's port 80.
+HTTP_PROBE = r"""
+import http.client, http.server, json, sys, threading
+public_ip, home_ip, requests = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+seen = []
+class Home(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        seen.append([self.path, self.headers.get("Host")])
+        self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers(); self.wfile.write(b"ok")
+    do_POST = do_GET
+    def log_message(self, *args): pass
+server = http.server.ThreadingHTTPServer((home_ip, 80), Home)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+answers = []
+for method, path, host in requests:
+    connection = http.client.HTTPConnection(public_ip, 80, timeout=5)
+    connection.putrequest(method, path, skip_host=True)
+    connection.putheader("Host", host)
+    connection.putheader("Content-Length", "0")
+    connection.endheaders()
+    response = connection.getresponse()
+    answers.append([response.status, response.getheader("Location")])
+    connection.close()
+server.shutdown()
+print(json.dumps({"answers": answers, "seen": seen}))
+"""
+
+
+def port_80_behaviour(settings, tmp_path, requests):
+    public, home = "203.0.113.10", settings.home.tailnet_ip
+    runtime = NginxRuntime(user="root", pid=str(tmp_path / "nginx.pid"), error_log=str(tmp_path / "error.log"),
+                           access_log=str(tmp_path / "access.log"), http_access_log=str(tmp_path / "http.log"),
+                           worker_connections=64, listen_address=public)
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(render_nginx_conf(settings, runtime))
+    with Netns() as ns:
+        for address in (public, home):
+            ns.run(["ip", "addr", "add", f"{address}/32", "dev", "lo"]).check_returncode()
+        ns.run(["ip", "link", "set", "lo", "up"]).check_returncode()
+        started = ns.run(["nginx", "-c", str(conf)])
+        assert started.returncode == 0, started.stderr
+        try:
+            probe = ns.run([sys.executable, "-c", HTTP_PROBE, public, home, json.dumps(requests)])
+            assert probe.returncode == 0, probe.stderr
+            return json.loads(probe.stdout)
+        finally:
+            subprocess.run(["kill", (tmp_path / "nginx.pid").read_text().strip()], check=False)
+
+
+CHALLENGE = "/.well-known/acme-challenge/tok3n"
+ESCAPES = ("/", "/admin", "/.well-known/acme-challenge", "/.well-known/acme-challenge/../../admin",
+           "/.well-known/acme-challenge/%2e%2e/%2e%2e/admin", "/.well-known/other")
+
+
+def test_port_80_passes_only_acme_challenges_home_for_any_name(dev_raw, tmp_path):
+    settings = variant(dev_raw)
+    requests = ([["GET", CHALLENGE, name] for name in ("mail.example.com", "mta-sts.example.org")]
+                + [["GET", path, "mail.example.com"] for path in ESCAPES]
+                + [["POST", CHALLENGE + "-post", "mail.example.com"]])
+    result = port_80_behaviour(settings, tmp_path, requests)
+    # The challenge reaches home with its name, whatever the name; nothing else does.
+    assert result["seen"] == [[CHALLENGE, "mail.example.com"], [CHALLENGE, "mta-sts.example.org"]]
+    statuses = [status for status, _ in result["answers"]]
+    # The directory without its slash gets nginx's 301 to it (the location's own rule).
+    assert statuses == [200, 200, 404, 404, 301, 404, 404, 404, 403], statuses
+
+
+def test_with_web_forwarding_port_80_redirects_to_https(dev_raw, tmp_path):
+    result = port_80_behaviour(variant(dev_raw, web={"enabled": True}), tmp_path,
+                               [["GET", "/SOGo/?x=1", "mail.example.com"], ["GET", CHALLENGE, "mail.example.com"]])
+    assert result["answers"] == [[301, "https://mail.example.com/SOGo/?x=1"], [200, None]]
+    assert result["seen"] == [[CHALLENGE, "mail.example.com"]]

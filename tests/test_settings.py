@@ -7,7 +7,7 @@ import copy
 import pytest
 
 from mailgate.config_report import ConfigError
-from mailgate.settings import load_settings
+from mailgate.settings import acme_credentials_problems, load_settings
 
 
 def problems(dev_raw, mutate) -> list[str]:
@@ -289,3 +289,48 @@ def test_bans_follow_the_banlist_id_unless_set_and_need_it_when_on(dev_raw):
     assert error.value.problems == [
         "mailgate:bans.enabled: true, but there is no ban list to fetch; set its id with `pulumi config set "
         "--secret mailgate:banlistId <id>` (Mailcow's UI: Configuration > Fail2ban), or unset bans.enabled"]
+
+
+
+def acme_problems(dev_raw, acme: dict, secrets: set[str] | None = None) -> list[str]:
+    raw = copy.deepcopy(dev_raw)
+    raw["acme"] = acme
+    try:
+        load_settings(raw, stack="dev", secrets_present=secrets or {"relayPassword"})
+    except ConfigError as error:
+        return error.problems
+    return []
+
+
+def test_acme_settings_say_what_each_method_needs(dev_raw):
+    assert acme_problems(dev_raw, {"method": "dns-01"}) == [
+        "mailgate:acme.dnsProvider: missing; mailgate:acme.method dns-01 needs the acme.sh DNS API of your "
+        "DNS provider, e.g. `pulumi config set --path 'mailgate:acme.dnsProvider' dns_cf`",
+        "mailgate:acme.accountEmail: missing; with dns-01 Mailcow registers an ACME account with it, and "
+        "Let's Encrypt refuses Mailcow's default (me@example.com); expected e.g. "
+        "`pulumi config set --path 'mailgate:acme.accountEmail' you@example.net`",
+    ]
+    complete = {"method": "dns-01", "dnsProvider": "dns_cf", "accountEmail": "me@example.net"}
+    [missing_secret] = acme_problems(dev_raw, complete)
+    assert missing_secret.startswith("mailgate:acme.method: dns-01, but Mailcow has no credentials for dns_cf")
+    assert acme_problems(dev_raw, complete, {"relayPassword", "acmeDnsCredentials"}) == []
+    assert acme_problems(dev_raw, {"method": "dns-01", "dnsProvider": "cloudflare", "accountEmail": "me@example.net"},
+                         {"relayPassword", "acmeDnsCredentials"})[0].startswith(
+        "mailgate:acme.dnsProvider: 'cloudflare' is not an acme.sh DNS API name")
+    assert acme_problems(dev_raw, {"method": "http-1"})[0].startswith("mailgate:acme.method: Input should be")
+    assert acme_problems(dev_raw, {"additionalSan": ["*.example.com"]}) == [
+        "mailgate:acme.additionalSan: *.example.com is a wildcard, which only dns-01 can prove; expected "
+        "plain names, or mailgate:acme.method dns-01"]
+    assert acme_problems(dev_raw, {"additionalSan": ["imap.*", "webmail.example.com"]}) == []
+    assert acme_problems(dev_raw, {"additionalSan": ["not a name"]})[0].startswith("mailgate:acme.additionalSan[0]:")
+
+
+def test_dns_credentials_are_checked_and_never_quoted():
+    assert acme_credentials_problems({"CF_Token": "s3cret", "CF_Account_ID": "abc"}) == []
+    problems = acme_credentials_problems({"CF Token": "s3cret-1", "PATH": "/tmp", "CF_Account_ID": "a\nb",
+                                          "LD_PRELOAD": "x"})
+    assert [p.split(":")[1].split()[0] for p in problems] == [
+        "acmeDnsCredentials.CF", "acmeDnsCredentials.PATH", "acmeDnsCredentials.CF_Account_ID",
+        "acmeDnsCredentials.LD_PRELOAD"]
+    assert not any("s3cret" in p or "/tmp" in p for p in problems)
+    assert acme_credentials_problems("CF_Token=abc")[0].startswith("mailgate:acmeDnsCredentials: expected an object")

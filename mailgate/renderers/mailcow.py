@@ -33,11 +33,12 @@ def mailcow_variables(settings: Settings) -> dict[str, str]:
         variables["SKIP_IP_CHECK"] = "y"
     if acme.method == "none":
         return variables
-    variables["ACME_DNS_CHALLENGE"] = "y" if acme.method == "dns-01" else "n"
     if acme.method == "dns-01":
+        variables["ACME_DNS_CHALLENGE"] = "y"
         variables["ACME_DNS_PROVIDER"] = acme.dns_provider
-        if acme.account_email:
-            variables["ACME_ACCOUNT_EMAIL"] = acme.account_email
+        variables["ACME_ACCOUNT_EMAIL"] = acme.account_email
+    # http-01 writes no ACME_DNS_CHALLENGE: Mailcow's default is HTTP-01, and a DNS-01 the
+    # user set up in their own lines keeps working (its names may be wildcards).
     # Unset keys leave Mailcow's own line (or the user's) in force.
     if acme.additional_san is not None:
         variables["ADDITIONAL_SAN"] = ",".join(acme.additional_san)

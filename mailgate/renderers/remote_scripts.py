@@ -250,6 +250,7 @@ def render_gateway_apply(files: list[RenderedFile], commands: HostCommands = Hos
         "scripts/gateway-apply.sh.j2", root=commands.root, commands=commands, files=script_files,
         firewall_files=firewall, wait_for_cloud_init=wait_for_cloud_init, instance_id=instance_id,
         packaged_conf=NGINX_PACKAGED_CONF, stream=NGINX_STREAM, nginx_includes=includes,
+        http_dir=str(PurePosixPath(NGINX_HTTP).parent),
         ports=ports, chain=GATEWAY_INPUT_CHAIN, lock=GATEWAY_LOCK, pending=GATEWAY_PENDING, timers=timers or []))
 
 
