@@ -56,6 +56,8 @@ class Service:
     gateway_http: bool = False
     """Answered by the gateway's own nginx http server, not passed through as a stream: only
     ACME's challenge path reaches home_port, every other request is answered at the gateway."""
+    protocol: str = "smtp"
+    """What the port speaks (smtp, imap, pop3, sieve, http): how `mailgate doctor` greets it."""
 
 
 MAIL = "mail"
@@ -73,23 +75,23 @@ SERVICES: tuple[Service, ...] = (
     Service("submission", 587, 10587, True, "postfix-mailcow", "SUBMISSION_PORT_HAPROXY",
             IdleTimeout.SMTP, True, MAIL, "mail submission, STARTTLS", srv="submission"),
     Service("imap", 143, 10143, True, "dovecot-mailcow", "IMAP_PORT_HAPROXY",
-            IdleTimeout.IMAP, True, MAIL, "IMAP, STARTTLS", srv="imap"),
+            IdleTimeout.IMAP, True, MAIL, "IMAP, STARTTLS", srv="imap", protocol="imap"),
     Service("imaps", 993, 10993, True, "dovecot-mailcow", "IMAPS_PORT_HAPROXY",
-            IdleTimeout.IMAP, True, MAIL, "IMAP, implicit TLS", srv="imaps", implicit_tls=True),
+            IdleTimeout.IMAP, True, MAIL, "IMAP, implicit TLS", srv="imaps", implicit_tls=True, protocol="imap"),
     Service("managesieve", 4190, 14190, True, "dovecot-mailcow", "SIEVE_PORT_HAPROXY",
-            IdleTimeout.IMAP, True, MAIL, "ManageSieve filter upload (RFC 5804)", srv="sieve"),
+            IdleTimeout.IMAP, True, MAIL, "ManageSieve filter upload (RFC 5804)", srv="sieve", protocol="sieve"),
     Service("pop3", 110, 10110, True, "dovecot-mailcow", "POP_PORT_HAPROXY",
-            IdleTimeout.POP3, False, MAIL, "POP3, STARTTLS", srv="pop3"),
+            IdleTimeout.POP3, False, MAIL, "POP3, STARTTLS", srv="pop3", protocol="pop3"),
     Service("pop3s", 995, 10995, True, "dovecot-mailcow", "POPS_PORT_HAPROXY",
-            IdleTimeout.POP3, False, MAIL, "POP3, implicit TLS", srv="pop3s", implicit_tls=True),
+            IdleTimeout.POP3, False, MAIL, "POP3, implicit TLS", srv="pop3s", implicit_tls=True, protocol="pop3"),
     # Port 80 is the gateway's own http server: ACME's HTTP-01 challenge goes home to
     # Mailcow's web (no PROXY header: nginx-mailcow has no twin listener), nothing else does.
     Service("http", 80, 80, False, "nginx-mailcow", None,
             IdleTimeout.WEB, True, ACME, "ACME HTTP-01 challenges only; any other request is "
-            "answered by the gateway", gateway_http=True),
+            "answered by the gateway", gateway_http=True, protocol="http"),
     # Mailcow's web has no PROXY twin: the stream is passed through as plain TCP.
     Service("https", 443, 443, False, "nginx-mailcow", None,
-            IdleTimeout.WEB, False, WEB, "webmail, admin UI, autodiscover", implicit_tls=True),
+            IdleTimeout.WEB, False, WEB, "webmail, admin UI, autodiscover", implicit_tls=True, protocol="http"),
 )
 
 BY_NAME: dict[str, Service] = {service.name: service for service in SERVICES}

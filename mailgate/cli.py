@@ -76,6 +76,37 @@ def _parser() -> argparse.ArgumentParser:
     )
     docs.add_argument("--write", action="store_true", help="write the files (else only report)")
     docs.add_argument("--root", type=Path, default=Path("."), help="project directory")
+    doctor = commands.add_parser(
+        "doctor", help="check a live deployment from the outside, and say what to fix",
+        description="Check DNS, every public port, greetings, certificates and relaying from "
+        "here, as the internet sees them; with --ssh also the tunnel, the home filter, the "
+        "relay login, the queue and that your real address reaches Postfix and Dovecot. "
+        "Exit status 1 when any check fails.")
+    doctor.add_argument("--config", type=Path, default=Path("Pulumi.dev.yaml"),
+                        help="Pulumi stack file to read (default: %(default)s)")
+    doctor.add_argument("--outputs", type=Path, default=None, metavar="FILE",
+                        help="the deployed values as `pulumi stack output --json` prints them "
+                        "(- for stdin)")
+    doctor.add_argument("--public-ipv4", type=_address(4), default=None,
+                        help="the gateway's public IPv4 (default: public_ipv4 from --outputs)")
+    doctor.add_argument("--public-ipv6", type=_address(6), default=None,
+                        help="the gateway's public IPv6 (default: public_ipv6 from --outputs)")
+    doctor.add_argument("--resolver", type=_address(4), action="append", default=[], metavar="IP",
+                        help="ask this DNS server (repeatable; default: the system's resolver)")
+    doctor.add_argument("--ca-file", type=Path, default=None, metavar="PEM",
+                        help="verify certificates against these CAs instead of the system's")
+    doctor.add_argument("--ssh", action="store_true",
+                        help="also check from the inside, over SSH: the Mini PC as the remote steps "
+                        "reach it (~/.ssh/mailgate_home) and the gateway as ubuntu@<gateway_machine_name> "
+                        "(~/.ssh/mailgate_gateway), over the tailnet")
+    doctor.add_argument("--home-exec", default=None, metavar="CMD",
+                        help="with --ssh: run the Mini PC's commands with CMD instead (it must run its "
+                        "arguments as root there, e.g. 'ssh -p 2222 root@minipc')")
+    doctor.add_argument("--gateway-exec", default=None, metavar="CMD",
+                        help="with --ssh: the same for the gateway")
+    doctor.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="for each connection and query (default: %(default)s)")
+    doctor.add_argument("--json", action="store_true", help="print JSON instead of the table")
     lab = commands.add_parser(
         "lab", help="the whole mail path in network namespaces on this machine (root, Linux)",
         description="Build the lab from the stack's rendered files (up), prove the design's "
@@ -148,6 +179,38 @@ def _lab_action(args: argparse.Namespace, lab, run_checks) -> int:
     return 0
 
 
+def run_doctor(args: argparse.Namespace) -> int:
+    from mailgate.doctor import report, run, target as targets
+
+    settings = load_stack(args.config)
+    outputs = targets.read_outputs(args.outputs) if args.outputs else {}
+    problems = []
+    public_ipv4 = args.public_ipv4 or outputs.get("public_ipv4")
+    if not public_ipv4:
+        problems.append("the gateway's public address is unknown: give --outputs (`pulumi stack output "
+                        "--json > outputs.json`) or --public-ipv4")
+    if args.timeout <= 0 or args.timeout > 60:
+        problems.append(f"--timeout {args.timeout}: expected 0 to 60 seconds")
+    if args.ca_file and not args.ca_file.is_file():
+        problems.append(f"--ca-file {args.ca_file}: no such file")
+    if (args.home_exec or args.gateway_exec) and not args.ssh:
+        problems.append("--home-exec and --gateway-exec need --ssh")
+    if problems:
+        raise ConfigError(problems)
+    gateway_host = outputs.get("gateway_machine_name")
+    target = targets.Target(
+        settings=settings, public_ipv4=public_ipv4, timeout=args.timeout,
+        public_ipv6=args.public_ipv6 or outputs.get("public_ipv6"),
+        gateway_tailnet_ip=outputs.get("gateway_tailnet_ip"), resolvers=tuple(args.resolver),
+        ca_file=str(args.ca_file) if args.ca_file else None,
+        home=targets.home_remote(settings, gateway_host, args.timeout, args.home_exec) if args.ssh else None,
+        gateway=targets.gateway_remote(gateway_host, args.timeout, args.gateway_exec) if args.ssh else None,
+    )
+    findings = run.run(target)
+    print(report.as_json(findings) if args.json else report.as_table(findings), end="")
+    return 1 if report.failed(findings) else 0
+
+
 def refresh_docs(args: argparse.Namespace) -> int:
     if not args.write:
         stale = docs_module.stale(args.root)
@@ -216,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
             return refresh_docs(args)
         if args.command == "lab":
             return run_lab(args)
+        if args.command == "doctor":
+            return run_doctor(args)
         return render(args)
     except ConfigError as error:
         print(error.report(), file=sys.stderr)
