@@ -117,6 +117,9 @@ def mailgate_command_problems(line: str) -> list[str]:
     subparsers = next(a for a in parser._actions if a.dest == "command").choices
     if not args:
         return []  # prose naming the command, not a line to type
+    if args[0].startswith("-"):  # the program's own options, e.g. --help
+        known = {option for action in parser._actions for option in action.option_strings}
+        return [] if args[0] in known else [f"{line}: python -m mailgate has no option {args[0]}"]
     if args[0] not in subparsers:
         return [f"{line}: no subcommand {args[0]!r}"]
     sub = subparsers[args[0]]

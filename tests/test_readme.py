@@ -24,6 +24,7 @@ def test_a_misspelt_key_secret_or_option_is_caught():
         "pulumi config set oci:fingerprint": "pulumi config set oci:fingerprints",
         "python -m mailgate render --config Pulumi.dev.yaml --out render": "python -m mailgate render --conf Pulumi.dev.yaml --out render",
         "pulumi config set --path 'mailgate:acme.dnsProvider' dns_cf": "pulumi config set 'mailgate:acme.dnsProvider' dns_cf",
+        "venv/bin/python -m mailgate --help": "venv/bin/python -m mailgate --hlep",
     }
     for right, wrong in broken.items():
         assert right in README, right
@@ -33,8 +34,10 @@ def test_a_misspelt_key_secret_or_option_is_caught():
 
 
 # The example stack's values that are the user's own, never a default to keep.
-USER_VALUES = ("oci:region", "tailscale:tailnet", "mailgate:domain", "mailgate:mailHostname", "compartmentId",
-               "sshPublicKeys", "sshHost", "sshHostKey", "tailnetIp", "username", "adminCidrs")
+USER_VALUES = ("oci:tenancyOcid", "oci:userOcid", "oci:fingerprint", "oci:region", "tailscale:tailnet",
+               "tailscale:oauthClientId", "mailgate:domain", "mailgate:mailHostname", "compartmentId",
+               "sshPublicKeys", "sshHost", "sshUser", "sshHostKey", "tailnetIp", "mailcowDir", "username",
+               "adminCidrs")
 
 
 def test_the_example_stack_marks_every_value_a_user_must_replace():
