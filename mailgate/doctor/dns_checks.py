@@ -13,7 +13,7 @@ from mailgate.deployment import Deployment
 from mailgate.doctor import BLOCKLISTS
 from mailgate.doctor.report import Finding, fail, ok, skipped, warn
 from mailgate.doctor.target import Target
-from mailgate.renderers.dns import DKIM_SELECTOR, dns_records
+from mailgate.renderers.dns import DKIM_SELECTOR, MAILCOW_DKIM_MENU, dns_records
 
 SPF_LOOKUP_LIMIT = 10  # RFC 7208 4.6.4
 SPF_LOOKUP_TERMS = re.compile(r"^[+?~-]?(include|a|mx|ptr|exists|redirect)\b", re.I)
@@ -192,7 +192,7 @@ def dkim(target: Target, dns_: Dns, home_key: tuple[str, str] | None) -> list[Fi
 
     def body() -> list[Finding]:
         records = [r for r in dns_.query(name, "TXT") if "p=" in r]
-        where = "Mailcow's admin UI, System > Configuration > ARC/DKIM keys"
+        where = f"Mailcow's admin UI, {MAILCOW_DKIM_MENU}"
         if not records:
             return [fail(id, title, "no DKIM record", f"publish the TXT record shown in {where} at {name}")]
         published = _key(records[0])

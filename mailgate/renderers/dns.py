@@ -8,6 +8,8 @@ from mailgate.deployment import Deployment
 from mailgate.settings import Settings
 
 DKIM_SELECTOR = "dkim"
+MAILCOW_DKIM_MENU = "System > Configuration > Options > ARC/DKIM keys"
+MAILCOW_DKIM_PLACEHOLDER = f"<Mailcow's DKIM TXT: {MAILCOW_DKIM_MENU}>"
 
 
 @dataclass(frozen=True)
@@ -39,12 +41,12 @@ def dns_records(settings: Settings, deployment: Deployment) -> list[DnsRecord]:
             "DMARC; start with p=none if you are unsure",
         ),
         DnsRecord(
-            f"{DKIM_SELECTOR}._domainkey.{domain}", "TXT", "<Mailcow DKIM key: Configuration > ARC/DKIM keys>",
+            f"{DKIM_SELECTOR}._domainkey.{domain}", "TXT", MAILCOW_DKIM_PLACEHOLDER,
             "Mailcow's DKIM key for the domain",
         ),
         DnsRecord(
             domain, "TXT", f"<verification code from {settings.relay.host}>",
-            "the relay's domain verification (Brevo: Senders & IP > Domains)",
+            "the relay's domain verification (Brevo: Senders, Domains & Dedicated IPs > Domains)",
         ),
         DnsRecord(
             f"<relay DKIM selector>._domainkey.{domain}", "TXT or CNAME",
