@@ -149,10 +149,10 @@ def real_address(target: Target) -> list[Finding]:
 
 
 TUNNEL_PROBE = r"""
-import json, socket, sys
+import json, socket, sys, threading
 home, public, ports = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 out = {}
-for port, public_port, greets in ports:
+def probe(port, public_port, greets):
     try:
         s = socket.create_connection((home, port), timeout=5)
         s.settimeout(5)
@@ -169,6 +169,9 @@ for port, public_port, greets in ports:
         s.close()
     except OSError as e:
         out[port] = "error: " + (str(e) or e.__class__.__name__)
+threads = [threading.Thread(target=probe, args=p) for p in ports]
+for t in threads: t.start()
+for t in threads: t.join()
 print(json.dumps(out))
 """
 
