@@ -97,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="verify certificates against these CAs instead of the system's")
     doctor.add_argument("--ssh", action="store_true",
                         help="also check from the inside, over SSH: the Mini PC as the remote steps "
-                        "reach it (~/.ssh/mailgate_home) and the gateway as ubuntu@<gateway_machine_name> "
+                        "reach it (~/.ssh/mailgate_home) and the gateway as ubuntu@<gateway_tailnet_ip> "
                         "(~/.ssh/mailgate_gateway), over the tailnet")
     doctor.add_argument("--home-exec", default=None, metavar="CMD",
                         help="with --ssh: run the Mini PC's commands with CMD instead (it must run its "
@@ -197,7 +197,8 @@ def run_doctor(args: argparse.Namespace) -> int:
         problems.append("--home-exec and --gateway-exec need --ssh")
     if problems:
         raise ConfigError(problems)
-    gateway_host = outputs.get("gateway_machine_name")
+    # Its tailnet address needs no MagicDNS; its machine name does.
+    gateway_host = outputs.get("gateway_tailnet_ip") or outputs.get("gateway_machine_name")
     target = targets.Target(
         settings=settings, public_ipv4=public_ipv4, timeout=args.timeout,
         public_ipv6=args.public_ipv6 or outputs.get("public_ipv6"),
