@@ -31,10 +31,8 @@ The checks are in acme_checks.py.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -42,8 +40,8 @@ from pathlib import Path
 
 from mailgate import catalogue
 from mailgate.lab import ACME_CA, ACME_CA_IP, HOME, MAILCOW, PUBLIC_IP, STATE
-from mailgate.lab.daemons import HOME_DIR, POSTFIX_DIR, RELAY_CA, TLS, issue_certificate
-from mailgate.lab.system import LabError, recorded_pids, run, spawn, wait_for
+from mailgate.lab.daemons import HOME_DIR, RELAY_CA, install_tls, issue_certificate
+from mailgate.lab.system import LabError, run, spawn, wait_for
 from mailgate.renderers import render_template
 from mailgate.renderers.watch import PYTHON
 from mailgate.settings import Settings
@@ -175,10 +173,4 @@ def fetch_root() -> str:
 
 def install_certificate() -> None:
     """The issued chain and its key into the lab's Postfix and Dovecot, both reloaded."""
-    (TLS / "cert.pem").write_text(CHAIN.read_text())
-    (TLS / "key.pem").write_text(DOMAIN_KEY.read_text())
-    run(["postfix", "-c", str(POSTFIX_DIR), "reload"], MAILCOW)
-    dovecot = recorded_pids().get("dovecot")
-    if dovecot is None:
-        raise LabError("Dovecot is not running")
-    os.kill(dovecot, signal.SIGHUP)
+    install_tls(CHAIN.read_text(), DOMAIN_KEY.read_text())

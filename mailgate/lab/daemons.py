@@ -23,18 +23,20 @@ What the lab substitutes, and why (nothing else is changed):
 from __future__ import annotations
 
 import ipaddress
+import os
 import shutil
+import signal
 from pathlib import Path
 
 from mailgate.catalogue import IdleTimeout
 from mailgate.deployment import Deployment
 from mailgate.lab import GATEWAY, GATEWAY_TAILNET, HOME, INET, MAILCOW, RELAY, RELAY_IP, MAIL_PASSWORD, MAIL_UID, MAIL_USER, PUBLIC_IP, STATE
 from mailgate.lab import docker_rules
-from mailgate.lab.system import LabError, record_pid, run, spawn, wait_for
+from mailgate.lab.system import LabError, record_pid, recorded_pids, run, spawn, wait_for
 from mailgate.renderers import render_template
 from mailgate.renderers.firewall import render_home_firewall
 from mailgate.renderers.mailcow import (
-    MAILCOW_SASL_MAP, POSTFIX_CONTAINER_CONF, render_dovecot_extra, render_postfix_extra,
+    MAILCOW_SASL_MAP, POSTFIX_CONTAINER_CONF, RELAY_PASSWORD_MAP, render_dovecot_extra, render_postfix_extra,
     render_relay_password_map,
 )
 from mailgate.renderers.nginx import NginxRuntime, render_nginx_conf
@@ -56,6 +58,8 @@ SENDER_DIR = STATE / "inet" / "postfix"
 SENDER_LOG = STATE / "inet" / "postfix.log"
 LAB_RELAY_PASSWORD = "lab-relay-password"
 LAB_ALERTS_RELAY_PASSWORD = "lab-gateway-alert-key"  # the secret mailgate:alertsRelayPassword
+# The lab CA outlives any certificate it signs: the doctor's checks count a leaf's days.
+CA_DAYS = 365
 
 
 def make_tls() -> None:
@@ -67,22 +71,26 @@ def make_tls() -> None:
 def make_relay_tls(relay_host: str) -> None:
     """A CA for the lab and, signed by it, a certificate for the relay's host name."""
     RELAY_TLS.mkdir(parents=True)
-    run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+    run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", str(CA_DAYS),
          "-subj", "/CN=mailgate lab CA", "-keyout", str(CA_KEY), "-out", str(RELAY_CA),
          "-addext", "basicConstraints=critical,CA:TRUE",
          "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
     issue_certificate(relay_host, RELAY_TLS)
 
 
-def issue_certificate(host: str, directory: Path) -> None:
-    """key.pem and cert.pem in `directory`: a certificate for `host` (SAN; a name, or an
-    address such as the ACME CA's) signed by the lab CA, as a client that verifies (Python's
-    ssl, strict X.509 checks included) requires."""
-    directory.mkdir(parents=True, exist_ok=True)
+def _san(name: str) -> str:
     try:
-        san = f"IP:{ipaddress.ip_address(host)}"
+        return f"IP:{ipaddress.ip_address(name)}"
     except ValueError:
-        san = f"DNS:{host}"
+        return f"DNS:{name}"
+
+
+def issue_certificate(host: str, directory: Path, days: int = 2, other_names: tuple[str, ...] = ()) -> None:
+    """key.pem and cert.pem in `directory`: a certificate for `host` and `other_names`
+    (SANs; names, or an address such as the ACME CA's) valid `days` days, signed by the lab
+    CA, as a client that verifies (Python's ssl, strict X.509 checks included) requires."""
+    directory.mkdir(parents=True, exist_ok=True)
+    san = ",".join(_san(name) for name in (host, *other_names))
     key, request = directory / "key.pem", directory / "cert.csr"
     run(["openssl", "req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={host}",
          "-keyout", str(key), "-out", str(request)])
@@ -91,7 +99,20 @@ def issue_certificate(host: str, directory: Path) -> None:
                           "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
                           "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid:always\n")
     run(["openssl", "x509", "-req", "-in", str(request), "-CA", str(RELAY_CA), "-CAkey", str(CA_KEY),
-         "-CAcreateserial", "-days", "2", "-extfile", str(extensions), "-out", str(directory / "cert.pem")])
+         "-CAcreateserial", "-days", str(days), "-extfile", str(extensions), "-out", str(directory / "cert.pem")])
+
+
+def install_tls(certificate: str, key: str) -> None:
+    """A chain and its key into the lab's Postfix and Dovecot (their one TLS dir), both
+    reloaded, as Mailcow's acme container does after a renewal. Sessions that start after
+    the reload's children are up get the new certificate."""
+    (TLS / "cert.pem").write_text(certificate)
+    (TLS / "key.pem").write_text(key)
+    run(["postfix", "-c", str(POSTFIX_DIR), "reload"], MAILCOW)
+    dovecot = recorded_pids().get("dovecot")
+    if dovecot is None:
+        raise LabError("Dovecot is not running")
+    os.kill(dovecot, signal.SIGHUP)
 
 
 def lab_extra_cf(settings: Settings) -> str:
@@ -133,7 +154,7 @@ def _start_postfix(settings: Settings) -> None:
     local, domain = MAIL_USER.split("@")
     (POSTFIX_DIR / "vmailbox").write_text(f"{MAIL_USER} {domain}/{local}/\n")
     (POSTFIX_DIR / "transport").write_text("discard.example discard:\n")
-    (POSTFIX_DIR / "mailgate_relay_passwd").write_text(
+    (POSTFIX_DIR / RELAY_PASSWORD_MAP).write_text(
         render_relay_password_map(settings, LAB_RELAY_PASSWORD))
     run(["postfix", "-c", str(POSTFIX_DIR), "check"], MAILCOW)
     # The relay's name resolves through the lab's hosts file (the master and its smtp
