@@ -25,6 +25,10 @@
                                                DNS it validates with, nsd)
     mglab-home 192.0.2.17 ── veth ── 198.51.100.30 mglab-acme (home's acme client reaches
                                                the CA's API; the same CA address again)
+    mglab-dns 198.51.100.53 ── veth ── 198.51.100.7 mglab-inet (the public DNS `lab doctor`
+                                               asks: nsd with the domain's records)
+    mglab-inet 198.51.100.7 ── veth ── 192.0.2.25 mglab-relay (the doctor's relay login check
+                                               from outside; the relay's address again)
 
 Bans (bans.py): fail2ban on home reads the Mailcow namespace's Postfix and Dovecot logs and
 writes what it bans to a file, which a small HTTPS server in mglab-mailcow (port 443,
@@ -42,6 +46,12 @@ to home, where acme-tiny (Mailcow's acme client) runs; a small web server in mgl
 (port 80, published like Mailcow's nginx) serves its challenge directory. HTTP-01 crosses
 the gateway's port 80 and the tunnel.
 
+The doctor (doctor_lab.py, only after `lab doctor` or doctor_lab.prepare): nsd in mglab-dns
+serves the records mailgate tells a user to publish, Postfix and Dovecot get a certificate
+from the lab CA for every certificate name, and `python -m mailgate doctor` runs from
+mglab-inet as from any machine on the internet, reaching home's commands through a `docker`
+stand-in (docker_shim.py).
+
 Only documentation and CGNAT ranges, host routes only, no default route anywhere:
 nothing the lab sends can leave it.
 """
@@ -55,7 +65,8 @@ INET, GATEWAY, HOME, SPOOF, RELAY = "mglab-inet", "mglab-gw", "mglab-home", "mgl
 MAILCOW = "mglab-mailcow"  # Mailcow's containers, behind home as behind Docker's bridge
 ATTACK = "mglab-attack"  # a second client on the internet side, which the ban checks get banned
 ACME_CA = "mglab-acme"  # the ACME CA (pebble) and the DNS it validates with (nsd)
-NAMESPACES = (INET, GATEWAY, HOME, SPOOF, RELAY, MAILCOW, ATTACK, ACME_CA)
+DNS = "mglab-dns"  # the public DNS the doctor asks (nsd)
+NAMESPACES = (INET, GATEWAY, HOME, SPOOF, RELAY, MAILCOW, ATTACK, ACME_CA, DNS)
 
 CLIENT_IP = "198.51.100.7"
 # Outside the example stack's admin CIDRs (198.51.100.0/24), which the gateway never bans.
@@ -68,6 +79,7 @@ HOME_RELAY_UNDERLAY, RELAY_IP = "192.0.2.9", "192.0.2.25"
 GATEWAY_RELAY_UNDERLAY = "192.0.2.13"  # the gateway's side of its own link to the relay
 # The ACME CA on the internet, and home's side of its link there (the acme client's API calls).
 ACME_CA_IP, HOME_ACME_UNDERLAY = "198.51.100.30", "192.0.2.17"
+DNS_IP = "198.51.100.53"  # the doctor's resolver, authoritative for every zone it asks
 GATEWAY_TAILNET, HOME_TAILNET, SPOOF_TAILNET = "100.64.0.1", "100.64.0.2", "100.64.0.3"
 HOME_TUNNEL = "tailscale0"  # the name tailscaled gives its interface, which its rules match
 # Docker's bridge for Mailcow (its compose network is called br-mailcow) and the one

@@ -4,7 +4,7 @@ Mailcow's "container" namespace (Docker's bridge, as a veth)."""
 from __future__ import annotations
 
 from mailgate.lab import (
-    ACME_CA, ACME_CA_IP, HOME_ACME_UNDERLAY, ATTACK, ATTACKER_IP, BRIDGE, BRIDGE_IP, CONTAINER_IP, HOME_TUNNEL, MAILCOW, CLIENT_IP, GATEWAY, HOME_RELAY_UNDERLAY, RELAY, RELAY_IP, GATEWAY_RELAY_UNDERLAY, GATEWAY_TAILNET, GATEWAY_UNDERLAY, HOME, HOME_SPOOF_UNDERLAY,
+    ACME_CA, ACME_CA_IP, DNS, DNS_IP, HOME_ACME_UNDERLAY, ATTACK, ATTACKER_IP, BRIDGE, BRIDGE_IP, CONTAINER_IP, HOME_TUNNEL, MAILCOW, CLIENT_IP, GATEWAY, HOME_RELAY_UNDERLAY, RELAY, RELAY_IP, GATEWAY_RELAY_UNDERLAY, GATEWAY_TAILNET, GATEWAY_UNDERLAY, HOME, HOME_SPOOF_UNDERLAY,
     HOME_TAILNET, HOME_UNDERLAY, INET, NAMESPACES, PUBLIC_IP, SPOOF, SPOOF_TAILNET,
     SPOOF_UNDERLAY, STATE, WG_PORT,
 )
@@ -25,6 +25,10 @@ LINKS = (
     # client reaches its API (the CA's one address on both links).
     (ACME_CA, "acme-gw", ACME_CA_IP, GATEWAY, "gw-acme", PUBLIC_IP),
     (HOME, "home-acme", HOME_ACME_UNDERLAY, ACME_CA, "acme-home", ACME_CA_IP),
+    # The doctor's public DNS, and the relay reached from the internet side (the doctor
+    # logs in there as home's Postfix does): the client's and the relay's addresses again.
+    (DNS, "dns-inet", DNS_IP, INET, "inet-dns", CLIENT_IP),
+    (INET, "inet-relay", CLIENT_IP, RELAY, "relay-inet", RELAY_IP),
 )
 # Host routes beyond each link's far end: (namespace, destination, interface). Home's
 # watcher checks the gateway's public address, which the gateway answers on any link.
