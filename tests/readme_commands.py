@@ -1,7 +1,8 @@
 """The commands the README tells a user to type, and what is wrong with them.
 
-`pulumi config set` lines are checked against the settings models (every `mailgate:` key
-path must exist, a secret must be set with --secret) and the providers' keys;
+`pulumi config set` and `pulumi config get` lines are checked against the settings models
+(every `mailgate:` key path must exist, a secret must be set with --secret) and the
+providers' keys;
 `python -m mailgate ...` lines against the command line's real subcommands and options.
 """
 
@@ -71,11 +72,12 @@ def _model_path_problem(parts: list[str], model: type[BaseModel] = Settings) -> 
     return None
 
 
-def config_set_problems(line: str) -> list[str]:
-    """What is wrong with one `pulumi config set` line (empty: nothing)."""
+def config_problems(line: str) -> list[str]:
+    """What is wrong with one `pulumi config set` or `pulumi config get` line (empty: nothing)."""
     words = _words(line)
-    if words[:3] != ["pulumi", "config", "set"]:
+    if words[:2] != ["pulumi", "config"] or words[2:3] not in (["set"], ["get"]):
         return []
+    setting = words[2] == "set"
     options = [w for w in words[3:] if w.startswith("--")]
     rest = [w for w in words[3:] if not w.startswith("--")]
     if not rest:
@@ -87,7 +89,9 @@ def config_set_problems(line: str) -> list[str]:
         return [f"{line}: unknown namespace {namespace!r}"]
     parts = path.split(".")
     if parts[0] in SECRET_KEYS:
-        problems = [] if "--secret" in options else [f"{line}: {parts[0]} is a secret; --secret is missing"]
+        problems = []
+        if setting and "--secret" not in options:
+            problems.append(f"{line}: {parts[0]} is a secret; --secret is missing")
         if len(parts) > 1 and (parts[0] not in SECRET_OBJECT_KEYS or "--path" not in options):
             problems.append(f"{line}: {parts[0]} is not an object set with --path")
         return problems
@@ -136,9 +140,9 @@ def mailgate_command_problems(line: str) -> list[str]:
 def readme_problems(readme: str) -> list[str]:
     problems = []
     for line in commands(readme):
-        if "pulumi config set" in line:
+        if "pulumi config set" in line or "pulumi config get" in line:
             for part in line.split("&&"):
-                problems += config_set_problems(part.strip())
+                problems += config_problems(part.strip())
         if "-m mailgate" in line:
             for part in line.split("&&"):
                 problems += mailgate_command_problems(part.strip())

@@ -12,7 +12,8 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 
 def test_every_config_key_and_command_the_readme_names_exists():
-    checked = [line for line in commands(README) if "pulumi config set" in line or "-m mailgate" in line]
+    checked = [line for line in commands(README)
+               if "pulumi config set" in line or "pulumi config get" in line or "-m mailgate" in line]
     assert len(checked) >= 30  # the Deploy section's lines are found at all
     assert readme_problems(README) == []
 
@@ -25,6 +26,8 @@ def test_a_misspelt_key_secret_or_option_is_caught():
         "python -m mailgate render --config Pulumi.dev.yaml --out render": "python -m mailgate render --conf Pulumi.dev.yaml --out render",
         "pulumi config set --path 'mailgate:acme.dnsProvider' dns_cf": "pulumi config set 'mailgate:acme.dnsProvider' dns_cf",
         "venv/bin/python -m mailgate --help": "venv/bin/python -m mailgate --hlep",
+        "pulumi config get --path mailgate:home.sshHostKey": "pulumi config get mailgate:home.sshHostKey",
+        "pulumi config get mailgate:relayPassword >": "pulumi config get mailgate:relayPasword >",
     }
     for right, wrong in broken.items():
         assert right in README, right
