@@ -111,9 +111,11 @@ def _parser() -> argparse.ArgumentParser:
         "lab", help="the whole mail path in network namespaces on this machine (root, Linux)",
         description="Build the lab from the stack's rendered files (up), prove the design's "
         "promises from outside (check), show it (status), remove every trace (down).")
-    lab.add_argument("action", choices=("up", "check", "down", "status", "bench", "acme"),
+    lab.add_argument("action", choices=("up", "check", "down", "status", "bench", "acme", "doctor"),
                      help="acme: on a lab just up, issue a certificate for mailHostname from a "
-                     "lab ACME CA (pebble) through the gateway's port 80, with acme-tiny at home")
+                     "lab ACME CA (pebble) through the gateway's port 80, with acme-tiny at home; "
+                     "doctor: run `mailgate doctor --ssh` against the lab from outside (DNS, "
+                     "certificates and home's docker stand-in added on first use)")
     lab.add_argument("--config", type=Path, default=Path("Pulumi.dev.yaml"),
                      help="Pulumi stack file to read (default: %(default)s)")
     shortest, longest = SHORT_IMAP_TIMEOUT[0], SHORT_IMAP_TIMEOUT[-1]
@@ -166,6 +168,16 @@ def _lab_action(args: argparse.Namespace, lab, run_checks) -> int:
         failed = sum(not r.passed for r in results)
         print(f"{len(results) - failed} passed, {failed} failed")
         return 1 if failed else 0
+    elif args.action == "doctor":
+        from mailgate.lab import doctor_lab
+
+        settings = lab.lab_settings(load_stack(args.config))
+        if not doctor_lab.prepared():
+            doctor_lab.prepare(settings, args.config)
+        status, answer, seconds = doctor_lab.run_doctor(settings)
+        print(doctor_lab.table(answer))
+        print(f"doctor: exit {status} after {seconds:.1f} s")
+        return status
     elif args.action == "up":
         lab.up(load_stack(args.config), imap_timeout=args.imap_timeout)
         print("lab: up (python -m mailgate lab check proves it, lab down removes it)")
