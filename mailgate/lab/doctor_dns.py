@@ -29,7 +29,7 @@ from mailgate.settings import Settings
 
 NSD_DIR = STATE / "doctor" / "nsd"
 SERIAL = NSD_DIR / "serial"
-# Brevo's DKIM for a domain since 2024: two CNAMEs into its own zone.
+# Brevo's DKIM for a domain as it publishes it now: two CNAMEs into its own zone.
 BREVO_DKIM = (("brevo1", "b1"), ("brevo2", "b2"))
 BREVO_DKIM_ZONE = "dkim.brevo.com"
 
