@@ -175,7 +175,7 @@ def _lab_action(args: argparse.Namespace, lab, run_checks) -> int:
         if not doctor_lab.prepared():
             doctor_lab.prepare(settings, args.config)
         status, answer, seconds = doctor_lab.run_doctor(settings)
-        print(doctor_lab.table(answer))
+        print(doctor_lab.table(answer), end="")
         print(f"doctor: exit {status} after {seconds:.1f} s")
         return status
     elif args.action == "up":

@@ -153,7 +153,7 @@ def spf(target: Target, dns_: Dns) -> list[Finding]:
                          f"cut it to {SPF_LOOKUP_LIMIT} lookups or fewer: drop includes you do not send through")]
         if record.split()[-1].lower() in ("+all", "all"):
             return [fail(id, title, record, "end it with ~all or -all: +all lets anyone send as you")]
-        return [ok(id, title, f"{record} ({lookups} DNS lookups)")]
+        return [ok(id, title, f"{record} ({lookups} DNS lookup{'s' if lookups != 1 else ''})")]
 
     return _guarded(id, title, body)
 

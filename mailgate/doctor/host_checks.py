@@ -103,18 +103,28 @@ def _connects(text: str) -> list[tuple[str, str]]:
     return found
 
 
-def real_address(target: Target) -> list[Finding]:
+# What a twin listener logs when a session comes without a PROXY header (Postfix:
+# "warning: haproxy read: ...", Dovecot: "haproxy: ..." errors); no client address in it.
+NO_PROXY_HEADER = re.compile(r"haproxy", re.I)
+
+
+def real_address(target: Target, ports_down: frozenset[str] = frozenset()) -> list[Finding]:
+    """`ports_down`: services whose public port did not answer; not probed again."""
     services = [s for s in target.settings.enabled_services if s.proxy_protocol]
     ids = [(f"real-address.{s.name}", f"your address reaches home on {s.public_port}") for s in services]
     if target.home is None:
         return [_unreachable(id, title, None) for id, title in ids]
+    down = [fail(id, title, f"not probed: port {s.public_port} does not answer", f"fix port.{s.name} first")
+            for s, (id, title) in zip(services, ids) if s.name in ports_down]
+    services = [s for s in services if s.name not in ports_down]
+    ids = [(id, title) for id, title in ids if id.split(".", 1)[1] not in ports_down]
     own = own_address(target)
     behind_nat = own is None or any(ipaddress.ip_address(own) in net for net in PRIVATE
                                     if net.version == ipaddress.ip_address(own).version)
     since = (datetime.now(timezone.utc) - LOG_CLOCK_SLACK).strftime("%Y-%m-%dT%H:%M:%SZ")
     logs = (f"{_compose(target)} logs --no-color --no-log-prefix --since {since} "
             "postfix-mailcow dovecot-mailcow 2>&1\n")
-    findings, seen = [], set()
+    findings, seen = down, set()
     try:
         seen.update(_run(target.home, logs, target).splitlines())
     except RemoteError as error:
@@ -135,6 +145,11 @@ def real_address(target: Target) -> list[Finding]:
         if mine:
             note = "" if not behind_nat else " (this machine is behind NAT; that is its public address)"
             findings.append(ok(id, title, f"home logged {mine[0][1]}{note}"))
+        elif any(NO_PROXY_HEADER.search(line) for line in new):
+            findings.append(fail(id, title, "home's twin listener got no PROXY header: "
+                                 + next(l for l in new if NO_PROXY_HEADER.search(l)).strip()[:160],
+                                 f"nginx on the gateway must send proxy_protocol on {service.public_port} "
+                                 "(`pulumi up` restores the gateway's config)"))
         elif tunnel:
             findings.append(fail(id, title, f"home logged the tunnel's address {tunnel[0][1]}, not yours",
                                  f"the PROXY header is missing: nginx on the gateway must send proxy_protocol "
@@ -150,16 +165,16 @@ def real_address(target: Target) -> list[Finding]:
 
 TUNNEL_PROBE = r"""
 import json, socket, sys, threading
-home, public, ports = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+home, public, ports, timeout = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), float(sys.argv[4])
 out = {}
 def probe(port, public_port, greets):
     try:
-        s = socket.create_connection((home, port), timeout=5)
-        s.settimeout(5)
+        s = socket.create_connection((home, port), timeout=timeout)
+        s.settimeout(timeout)
         s.sendall(f"PROXY TCP4 {public} {home} 40000 {public_port}\r\n".encode())
         if greets:
             data = s.recv(200)
-            out[port] = "greeted: " + data.decode(errors="replace").splitlines()[0] if data else "closed without a greeting"
+            out[port] = "greeted: " + data.decode(errors="replace").splitlines()[0][:40] if data else "closed without a greeting"
         else:
             s.settimeout(1)
             try:
@@ -183,7 +198,7 @@ def tunnel(target: Target) -> list[Finding]:
     home = target.settings.home.tailnet_ip
     ports = [(s.home_port, s.public_port, not s.implicit_tls)
              for s in target.settings.enabled_services if s.proxy_protocol]
-    args = " ".join(shlex.quote(a) for a in (home, target.public_ipv4, json.dumps(ports)))
+    args = " ".join(shlex.quote(a) for a in (home, target.public_ipv4, json.dumps(ports), str(target.timeout)))
     script = f"python3 - {args} <<'MAILGATE_DOCTOR'\n{TUNNEL_PROBE}\nMAILGATE_DOCTOR\n"
     try:
         result = json.loads(_run(target.gateway, script, target))

@@ -10,7 +10,7 @@ from mailgate.catalogue import Service
 from mailgate.doctor.report import Finding, fail, ok, warn
 from mailgate.doctor.target import Target, own_address
 from mailgate.doctor.wire import (
-    Certificate, Line, ProtocolError, Session, client_context, connect, explain, greet, http_answer,
+    REFUSED_GREETING, Certificate, Line, ProtocolError, Session, client_context, connect, explain, greet, http_answer,
     tls_certificate,
 )
 
@@ -61,6 +61,10 @@ def ports(target: Target) -> list[Finding]:
 
 
 def _fix_for(service: Service, error: Exception) -> str:
+    if isinstance(error, ProtocolError) and REFUSED_GREETING in str(error) and service.protocol == "smtp":
+        return (f"Postfix at home refused the session: when its log says `haproxy read`, nginx on the "
+                f"gateway sends no PROXY header on {service.public_port} (`pulumi up` restores it); "
+                "otherwise read `docker compose logs postfix-mailcow` on the Mini PC")
     if isinstance(error, ConnectionRefusedError):
         return (f"nothing listens on {service.public_port} at the gateway: run `pulumi up` (the gateway "
                 "step renders nginx), then `sudo nginx -t` and `systemctl status nginx` there")

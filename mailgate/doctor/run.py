@@ -8,6 +8,7 @@ from dataclasses import replace
 from mailgate.doctor import dns_checks, host_checks, public_checks
 from mailgate.doctor.report import FAIL, Finding, fail
 from mailgate.doctor.target import Target
+from mailgate.doctor.wire import REFUSED_GREETING
 
 # Whatever a check does, every one of its reads has a timeout; this bounds the whole run.
 OVERALL_TIMEOUT = 120
@@ -38,9 +39,6 @@ def checks(target: Target) -> list[tuple[str, object]]:
     ]
 
 
-# Checks that run alone, after the others: the real-address check reads which connections
-# home logged, and must see only its own.
-LAST = [("real-address", host_checks.real_address)]
 
 
 # The order of the table: as a user reads it (the real-address check runs last, reads 6th).
@@ -54,17 +52,34 @@ def _place(finding: Finding) -> int:
 
 def run(target: Target) -> list[Finding]:
     findings = _concurrently(checks(target))
-    findings += _concurrently([(name, lambda c=check: c(target)) for name, check in LAST])
+    # Alone, after the others: it reads which connections home logged, and must see only
+    # its own. A port that did not answer at all is not probed again (one whose daemon
+    # answered with a refusal is: home's log says why).
+    down = frozenset(f.id.split(".", 1)[1] for f in findings
+                     if f.id.startswith("port.") and f.status == FAIL and REFUSED_GREETING not in f.saw)
+    findings += _concurrently([("real-address", lambda: host_checks.real_address(target, down))])
     return _point_to_causes(sorted(findings, key=_place))
 
 
 def _point_to_causes(findings: list[Finding]) -> list[Finding]:
     """A port that does not answer fails its greeting and certificate checks too: their
-    fix is the port's."""
+    fix is the port's. A port the gateway accepts but home never answers, while the
+    tunnel check fails: the fix is the tunnel's."""
     down = {f.id.split(".", 1)[1] for f in findings if f.id.startswith("port.") and f.status == FAIL}
-    return [replace(f, fix=f"fix port.{f.id.split('.', 1)[1]} first")
-            if f.status == FAIL and f.id.split(".")[0] in ("smtp", "tls") and f.id.split(".", 1)[1] in down
-            else f for f in findings]
+    tunnel_down = any(f.id == "tunnel" and f.status == FAIL for f in findings)
+
+    def cause(f: Finding) -> Finding:
+        if f.status != FAIL:
+            return f
+        if tunnel_down and f.id.startswith("port.") and "connected, then" in f.saw:
+            return replace(f, fix="see the tunnel check: the gateway cannot reach home")
+        if f.id.split(".")[0] in ("smtp", "tls") and f.id.split(".", 1)[1] in down:
+            return replace(f, fix=f"fix port.{f.id.split('.', 1)[1]} first")
+        if f.id == "open-relay" and "smtp" in down:
+            return replace(f, fix="fix port.smtp first")
+        return f
+
+    return [cause(f) for f in findings]
 
 
 def _concurrently(planned: list[tuple[str, object]]) -> list[Finding]:

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from mailgate.catalogue import Service
 
 EHLO_NAME = "doctor.mailgate.invalid"  # RFC 6761: a name that is nobody's
+REFUSED_GREETING = "greeted with"  # how a ProtocolError says a daemon answered, but not with a welcome
 
 
 class ProtocolError(Exception):
@@ -103,32 +104,35 @@ class Greeting:
 def greet(line: Line, service: Service, full: bool = True) -> Greeting:
     """Read the greeting. `full`: SMTP also says EHLO and reads the keywords."""
     if service.protocol == "smtp":
-        code, text = line.smtp_reply() if full else (int(line.read()[:3] or 0), [])
-        if full and code != 220:
-            raise ProtocolError(f"greeted with {code} {' '.join(text)}")
-        if not full:
-            return Greeting("220", [])
+        if not full:  # the first line only: postscreen sends the rest after its greet wait
+            first = line.read()
+            if not first.startswith("220"):
+                raise ProtocolError(f"{REFUSED_GREETING} {first[:80]!r}")
+            return Greeting(first[4:], [])
+        code, text = line.smtp_reply()
+        if code != 220:
+            raise ProtocolError(f"{REFUSED_GREETING} {code} {text[-1][:80]!r}")
         line.send(f"EHLO {EHLO_NAME}")
         code, keywords = line.smtp_reply()
         if code != 250:
             raise ProtocolError(f"EHLO answered {code} {' '.join(keywords)}")
-        return Greeting(" ".join(text), [k.split()[0].upper() for k in keywords[1:] if k], keywords[0])
+        return Greeting(text[0], [k.split()[0].upper() for k in keywords[1:] if k], keywords[0])
     if service.protocol == "imap":
         first = line.read()
         if not first.startswith("* OK"):
-            raise ProtocolError(f"greeted with {first!r}")
+            raise ProtocolError(f"{REFUSED_GREETING} {first!r}")
         return Greeting(first, first.upper().split())
     if service.protocol == "pop3":
         first = line.read()
         if not first.startswith("+OK"):
-            raise ProtocolError(f"greeted with {first!r}")
+            raise ProtocolError(f"{REFUSED_GREETING} {first!r}")
         return Greeting(first, [])
     if service.protocol == "sieve":
         lines = [line.read()]
         while not lines[-1].upper().startswith(("OK", "NO", "BYE")):
             lines.append(line.read())
         if not lines[-1].upper().startswith("OK"):
-            raise ProtocolError(f"greeted with {lines[-1]!r}")
+            raise ProtocolError(f"{REFUSED_GREETING} {lines[-1]!r}")
         return Greeting(lines[-1], [l.split()[0].strip('"').upper() for l in lines[:-1] if l])
     raise ProtocolError(f"no greeting for {service.protocol}")
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 
 from mailgate import catalogue
+from mailgate.doctor import report
 from mailgate.lab import (
     CONTAINER_IP, DNS_IP, GATEWAY, GATEWAY_TAILNET, HOME, HOME_TAILNET, INET, NAMESPACES, PUBLIC_IP, STATE,
 )
@@ -195,7 +196,5 @@ def run(settings: Settings, extra_args: tuple[str, ...] = ()) -> tuple[int, dict
 
 
 def table(answer: dict) -> str:
-    """The doctor's --json answer as one line per check."""
-    return "\n".join(f"{check['status']:<7} {check['id']:<24} {check.get('saw', '')}"
-                     + (f"\n        fix: {check['fix']}" if check.get("fix") and check["status"] != "ok" else "")
-                     for check in answer.get("checks", []))
+    """The doctor's --json answer as the doctor's own table."""
+    return report.as_table([report.Finding(**check) for check in answer.get("checks", [])])
