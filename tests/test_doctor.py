@@ -106,7 +106,7 @@ def test_blocklist_answers(target):
     assert listed.status == WARN and "listed on zen.spamhaus.org" in listed.saw
     # 127.255.255.x is Spamhaus refusing the query, not a listing.
     refused = one(dns_checks.blocklists(target, StubDns({(f"{reversed_ip}.zen.spamhaus.org", "A"): ["127.255.255.254"]})))
-    assert refused.status == WARN and "not answered" in refused.saw and "listed on" not in refused.saw
+    assert refused.status == WARN and "refused" in refused.saw and "listed on" not in refused.saw
 
 
 def doctor(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
@@ -167,3 +167,46 @@ def test_hosts_are_reached_over_ssh_with_sudo_and_the_pinned_host_key(dev_settin
         assert refused.status == FAIL and "Host key verification failed" in refused.saw, refused
     finally:
         sshd.stop()
+
+
+def test_a_key_mailgate_could_not_read_at_home_is_no_pass(target):
+    name = f"dkim._domainkey.{target.settings.domain}"
+    stub = StubDns({(name, "TXT"): ["v=DKIM1; k=rsa; p=AAAA"]})
+    found = one(dns_checks.dkim(target, stub, "could not read Mailcow's DKIM key: home did not answer"))
+    assert found.status == FAIL and "home did not answer" in found.saw
+
+
+def test_no_resolver_on_this_machine_fails_the_dns_checks_clearly(target, monkeypatch):
+    import dns.resolver
+
+    real = dns.resolver.Resolver
+
+    def resolver(configure=True):
+        if configure:
+            raise dns.resolver.NoResolverConfiguration("no nameservers")
+        return real(configure=False)
+
+    monkeypatch.setattr(dns_checks.dns.resolver, "Resolver", resolver)
+    found = one(dns_checks.mx(target, dns_checks.Dns(target)))
+    assert found.status == FAIL and "no resolver configured" in found.saw and "--resolver" in found.saw
+
+
+def test_only_the_probed_daemons_lines_with_a_public_address_count(dev_settings):
+    """Behind NAT the doctor cannot know its public address: a connection logged by the
+    probed service's daemon, from a public address, counts; Docker's own (SOGo logging in
+    to Dovecot from 172.22.1.x), the tunnel's and other services' lines do not."""
+    from mailgate import catalogue
+
+    log = "\n".join([
+        "postfix/postscreen[1]: CONNECT from [198.51.100.7]:40000 to [100.64.0.2]:10025",
+        "postfix/smtpd[2]: connect from unknown[198.51.100.8]",
+        "dovecot: imap-login: Login: user=<a@example.com>, rip=172.22.1.250, lip=172.22.1.250",
+        "dovecot: managesieve-login: Disconnected: rip=198.51.100.9, lip=100.64.0.2",
+        "postfix/postscreen[1]: CONNECT from [198.51.100.10]:40001 to [100.64.0.2]:10587",
+    ])
+    smtp = host_checks._connects(log, catalogue.BY_NAME["smtp"])
+    assert [ip for _, ip in smtp] == ["198.51.100.7", "198.51.100.8"]
+    imap = host_checks._connects(log, catalogue.BY_NAME["imap"])
+    assert [ip for _, ip in imap] == ["172.22.1.250"] and not targets.is_public("172.22.1.250")
+    assert [ip for _, ip in host_checks._connects(log, catalogue.BY_NAME["managesieve"])] == ["198.51.100.9"]
+    assert targets.is_public("198.51.100.7") and not targets.is_public("100.64.0.1")

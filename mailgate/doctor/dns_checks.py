@@ -26,13 +26,20 @@ class Dns:
     else (timeout, refused, SERVFAIL) raises DnsError with what happened."""
 
     def __init__(self, target: Target) -> None:
-        self.resolver = dns.resolver.Resolver(configure=not target.resolvers)
+        self.where = ", ".join(target.resolvers) or "the system resolver"
+        self.broken = ""
+        try:
+            self.resolver = dns.resolver.Resolver(configure=not target.resolvers)
+        except dns.resolver.NoResolverConfiguration:
+            self.resolver = dns.resolver.Resolver(configure=False)
+            self.broken = "this machine has no resolver configured (give --resolver IP)"
         if target.resolvers:
             self.resolver.nameservers = list(target.resolvers)
         self.resolver.lifetime = target.timeout
-        self.where = ", ".join(target.resolvers) or "the system resolver"
 
     def answer(self, name: str, rdtype: str) -> dns.resolver.Answer | None:
+        if self.broken:
+            raise DnsError(self.broken)
         try:
             return self.resolver.resolve(name, rdtype, raise_on_no_answer=False)
         except dns.resolver.NXDOMAIN:
@@ -184,8 +191,13 @@ def _key(record: str) -> str:
     return re.sub(r"\s+", "", tags.get("p", ""))
 
 
-def dkim(target: Target, dns_: Dns, home_key: tuple[str, str] | None) -> list[Finding]:
-    """`home_key`: (selector, public key) as Mailcow holds them, when --ssh reached home."""
+def dkim(target: Target, dns_: Dns, home_key: tuple[str, str] | str | None) -> list[Finding]:
+    """`home_key`: (selector, public key) as Mailcow holds them, when --ssh reached home;
+    a sentence when it could not be read there; None without --ssh."""
+    if isinstance(home_key, str):
+        return [fail("dns.dkim", "Mailcow's DKIM key", home_key,
+                     "create the domain's key in Mailcow's admin UI, "
+                     f"{MAILCOW_DKIM_MENU}, or fix the way in (see the other --ssh checks)")]
     selector = home_key[0] if home_key else DKIM_SELECTOR
     name = f"{selector}._domainkey.{target.settings.domain}"
     id, title = "dns.dkim", f"Mailcow's DKIM key at {name}"
@@ -261,8 +273,8 @@ def ptr(target: Target, dns_: Dns) -> list[Finding]:
     id, title = "dns.ptr", f"reverse DNS of {target.public_ipv4}"
 
     def body() -> list[Finding]:
-        names = [n.rstrip(".") for n in dns_.query(dns.reversename.from_address(target.public_ipv4).to_text(), "PTR")]
-        if target.settings.mail_hostname not in names:
+        names = [n.rstrip(".").lower() for n in dns_.query(dns.reversename.from_address(target.public_ipv4).to_text(), "PTR")]
+        if target.settings.mail_hostname.lower() not in names:
             return [warn(id, title, ", ".join(names) or "no PTR",
                          f"optional (outbound mail leaves through the relay): ask Oracle to set the "
                          f"reverse DNS of {target.public_ipv4} to {target.settings.mail_hostname}")]
@@ -292,7 +304,9 @@ def blocklists(target: Target, dns_: Dns) -> list[Finding]:
     if listed:
         return [warn(id, title, "listed on " + ", ".join(listed),
                      "inbound mail still works; ask each list for removal (their sites say how)")]
-    if refused or failed:
-        return [warn(id, title, "not answered: " + ", ".join(refused + failed),
-                     "the lists refuse queries from public resolvers: use your own (--resolver)")]
+    if refused:
+        return [warn(id, title, "refused: " + ", ".join(refused + failed),
+                     "the lists refuse queries from big public resolvers: use your own (--resolver)")]
+    if failed:
+        return [warn(id, title, "not answered: " + ", ".join(failed), "check again later, or with --resolver")]
     return [ok(id, title, f"not listed on {', '.join(BLOCKLISTS)}")]

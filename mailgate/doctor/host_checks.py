@@ -6,30 +6,27 @@ stuck in the queue."""
 from __future__ import annotations
 
 import base64
-import ipaddress
 import json
 import re
 import shlex
 import ssl
 import subprocess
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 from mailgate import catalogue
 from mailgate.deployment import Deployment
-from mailgate.doctor.report import Finding, fail, ok, skipped
-from mailgate.doctor.target import Remote, Target, is_tailnet, own_address
+from mailgate.doctor.report import Finding, fail, ok, skipped, warn
+from mailgate.doctor.target import Remote, Target, is_public, is_tailnet, own_address
 from mailgate.doctor.wire import EHLO_NAME, Line, ProtocolError, Session, client_context, connect, explain, greet
 from mailgate.renderers.firewall import render_home_firewall
 from mailgate.renderers.mailcow import POSTFIX_CONTAINER_CONF, RELAY_PASSWORD_MAP
 
 STUCK_AFTER = timedelta(minutes=30)
-LOG_CLOCK_SLACK = timedelta(seconds=2)  # the hosts' clocks and the log's one-second resolution
+LOG_WINDOW = "120s"  # the log lines real-address reads: the last two minutes, by home's clock
 POSTFIX_CONNECT = re.compile(r"\bCONNECT from \[(?P<ip>[^\]]+)\]:\d+ to \[[^\]]*\]:(?P<port>\d+)"
                              r"|\bconnect from [^\s\[]*\[(?P<ip2>[^\]]+)\]")
 DOVECOT_CONNECT = re.compile(r"\b(?:imap|pop3|managesieve)-login: .*\brip=(?P<ip>[0-9a-fA-F.:]+)")
-PRIVATE = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
-                                             "127.0.0.0/8", "169.254.0.0/16", "fc00::/7", "fe80::/10", "::1/128")]
 
 
 class RemoteError(Exception):
@@ -61,19 +58,23 @@ def _unreachable(id: str, title: str, remote: Remote | None, error: Exception | 
                 "sudo without a password, the host on the tailnet)")
 
 
-def home_dkim(target: Target) -> tuple[str, str] | None:
-    """Mailcow's DKIM selector and public key for the domain (Redis), or None."""
+def home_dkim(target: Target) -> tuple[str, str] | str | None:
+    """Mailcow's DKIM selector and public key for the domain (Redis); None without --ssh;
+    a sentence when they could not be read."""
     if target.home is None:
         return None
     domain = shlex.quote(target.settings.domain)
-    redis = 'redis-cli ${REDISPASS:+-a "$REDISPASS" --no-auth-warning}'
+    # The password in redis-cli's environment, not on its command line.
+    redis = 'REDISCLI_AUTH="${REDISPASS:-}" redis-cli --no-auth-warning'
     inner = f"{redis} HGET DKIM_SELECTORS {domain}; {redis} HGET DKIM_PUB_KEYS {domain}"
     try:
         out = _run(target.home, f"{_compose(target)} exec -T redis-mailcow sh -c {shlex.quote(inner)}\n", target)
-    except RemoteError:
-        return None
+    except RemoteError as error:
+        return f"could not read Mailcow's DKIM key: {error}"
     lines = [line.strip() for line in out.splitlines() if line.strip()]
-    return (lines[0], lines[1]) if len(lines) == 2 else None
+    if len(lines) != 2:
+        return f"Mailcow has no DKIM key for {target.settings.domain}"
+    return lines[0], lines[1]
 
 
 def _probe(target: Target, service: catalogue.Service) -> str:
@@ -93,11 +94,19 @@ def _probe(target: Target, service: catalogue.Service) -> str:
         return explain(error)
 
 
-def _connects(text: str) -> list[tuple[str, str]]:
-    """(line, client address) of every connection Postfix or Dovecot logged."""
+def _connects(text: str, service: catalogue.Service) -> list[tuple[str, str]]:
+    """(line, client address) of every connection the service's daemon logged: Postfix's
+    for SMTP (postscreen's only when it names the service's twin port), Dovecot's login
+    process of the protocol otherwise."""
     found = []
+    login = {"imap": "imap-login:", "pop3": "pop3-login:", "sieve": "managesieve-login:"}.get(service.protocol)
     for line in text.splitlines():
-        match = POSTFIX_CONNECT.search(line) or DOVECOT_CONNECT.search(line)
+        if service.protocol == "smtp":
+            match = POSTFIX_CONNECT.search(line)
+            if match and match.group("port") and match.group("port") != str(service.home_port):
+                continue
+        else:
+            match = DOVECOT_CONNECT.search(line) if login and login in line else None
         if match:
             found.append((line, match.group("ip") or match.groupdict().get("ip2") or ""))
     return found
@@ -105,7 +114,7 @@ def _connects(text: str) -> list[tuple[str, str]]:
 
 # What a twin listener logs when a session comes without a PROXY header (Postfix:
 # "warning: haproxy read: ...", Dovecot: "haproxy: ..." errors); no client address in it.
-NO_PROXY_HEADER = re.compile(r"haproxy", re.I)
+NO_PROXY_HEADER = re.compile(r"haproxy read|haproxy\S*: .*(error|invalid|timeout|timed out)", re.I)
 
 
 def real_address(target: Target, ports_down: frozenset[str] = frozenset()) -> list[Finding]:
@@ -119,10 +128,9 @@ def real_address(target: Target, ports_down: frozenset[str] = frozenset()) -> li
     services = [s for s in services if s.name not in ports_down]
     ids = [(id, title) for id, title in ids if id.split(".", 1)[1] not in ports_down]
     own = own_address(target)
-    behind_nat = own is None or any(ipaddress.ip_address(own) in net for net in PRIVATE
-                                    if net.version == ipaddress.ip_address(own).version)
-    since = (datetime.now(timezone.utc) - LOG_CLOCK_SLACK).strftime("%Y-%m-%dT%H:%M:%SZ")
-    logs = (f"{_compose(target)} logs --no-color --no-log-prefix --since {since} "
+    behind_nat = own is None or not is_public(own)
+    # A duration, so home's own clock decides what is recent; older lines are in `seen`.
+    logs = (f"{_compose(target)} logs --no-color --no-log-prefix --since {LOG_WINDOW} "
             "postfix-mailcow dovecot-mailcow 2>&1\n")
     findings, seen = down, set()
     try:
@@ -139,8 +147,10 @@ def real_address(target: Target, ports_down: frozenset[str] = frozenset()) -> li
             continue
         new = [line for line in text.splitlines() if line not in seen]
         seen.update(new)
-        connects = _connects("\n".join(new))
-        mine = [(l, ip) for l, ip in connects if (ip == own if not behind_nat else not is_tailnet(ip))]
+        connects = _connects("\n".join(new), service)
+        # Behind NAT this machine cannot know its public address: any client address
+        # counts, but only for a probe that was greeted (its own session ended cleanly).
+        mine = [(l, ip) for l, ip in connects if (ip == own if not behind_nat else is_public(ip) and not problem)]
         tunnel = [(l, ip) for l, ip in connects if is_tailnet(ip)]
         if mine:
             note = "" if not behind_nat else " (this machine is behind NAT; that is its public address)"
@@ -193,6 +203,9 @@ print(json.dumps(out))
 
 def tunnel(target: Target) -> list[Finding]:
     id, title = "tunnel", "the gateway reaches every twin port with a PROXY header"
+    if target.gateway is None and target.home is not None:
+        return [skipped(id, title, "the gateway's address is unknown",
+                        "give --outputs (`pulumi stack output --json`) or --gateway-exec")]
     if target.gateway is None:
         return [_unreachable(id, title, None)]
     home = target.settings.home.tailnet_ip
@@ -204,7 +217,8 @@ def tunnel(target: Target) -> list[Finding]:
         result = json.loads(_run(target.gateway, script, target))
     except (RemoteError, json.JSONDecodeError) as error:
         return [_unreachable(id, title, target.gateway, error)]
-    bad = {p: r for p, r in result.items() if r.startswith(("error", "closed"))}
+    welcome = ("greeted: 220", "greeted: * OK", "greeted: +OK", 'greeted: "', "greeted: OK", "connected")
+    bad = {p: r for p, r in result.items() if not r.startswith(welcome)}
     seen = "; ".join(f"{home}:{p} {r}" for p, r in result.items())
     if bad:
         return [fail(id, title, seen, f"the gateway cannot reach {home} on {', '.join(bad)}: check `tailscale "
@@ -236,8 +250,11 @@ def home_filter(target: Target, gateway_tailnet_ip: str | None) -> list[Finding]
         if live_rules != want:
             return [fail(id, title, f"{chain} differs from the rendered filter ({len(live_rules)} rules, "
                          f"{len(want)} expected)", fix)]
-    return [ok(id, title, f"{chain} first in raw PREROUTING, {len(live_rules)} rules"
-               + ("" if gateway_tailnet_ip else " (not compared: the gateway's tailnet IP is unknown)"))]
+    seen = f"{chain} first in raw PREROUTING, {len(live_rules)} rules"
+    if not gateway_tailnet_ip:
+        return [warn(id, title, seen + "; not compared with the rendered filter",
+                     "give --outputs (`pulumi stack output --json`): the rules name the gateway's tailnet IP")]
+    return [ok(id, title, seen + ", as rendered")]
 
 
 def relay_auth(target: Target) -> list[Finding]:
@@ -251,7 +268,8 @@ def relay_auth(target: Target) -> list[Finding]:
                     f"{POSTFIX_CONTAINER_CONF}/{RELAY_PASSWORD_MAP}\n", target)
     except RemoteError as error:
         return [_unreachable(id, title, target.home, error)]
-    fields = text.split(None, 1)
+    entries = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    fields = entries[0].split(None, 1) if entries else []
     if len(fields) != 2 or ":" not in fields[1]:
         return [fail(id, title, f"{RELAY_PASSWORD_MAP} at home is not in the form mailgate writes",
                      "restore it: `pulumi up`")]

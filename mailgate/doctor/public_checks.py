@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 from concurrent.futures import ThreadPoolExecutor
 
 from mailgate import catalogue
 from mailgate.catalogue import Service
 from mailgate.doctor.report import Finding, fail, ok, warn
-from mailgate.doctor.target import Target, own_address
+from mailgate.doctor.target import Target, is_public, own_address
 from mailgate.doctor.wire import (
     REFUSED_GREETING, Certificate, Line, ProtocolError, Session, client_context, connect, explain, greet, http_answer,
     tls_certificate,
@@ -40,23 +41,24 @@ def reach(target: Target, service: Service, address: str) -> str:
 
 
 def ports(target: Target) -> list[Finding]:
+    """port.<service> over IPv4; port6.<service> over IPv6 when the gateway has it. An IPv6
+    route this machine lacks is a warning about this machine, not a failure of the port."""
     findings = []
     with ThreadPoolExecutor(max_workers=16) as pool:
         jobs = {(s, a): pool.submit(reach, target, s, a)
                 for s in target.settings.enabled_services for a in target.public_addresses}
-        for service in target.settings.enabled_services:
-            id, title = f"port.{service.name}", f"port {service.public_port} ({service.name})"
-            problems, seen = [], []
-            for address in target.public_addresses:
+        for address in target.public_addresses:
+            family = "port6" if ":" in address else "port"
+            for service in target.settings.enabled_services:
+                id, title = f"{family}.{service.name}", f"port {service.public_port} ({service.name})"
                 try:
-                    seen.append(f"{address}: {jobs[(service, address)].result()[:60]}")
+                    findings.append(ok(id, title, f"{address}: {jobs[(service, address)].result()[:60]}"))
                 except (OSError, ProtocolError) as error:
-                    problems.append(f"{address}: {explain(error)}")
-                    hint = _fix_for(service, error)
-            if problems:
-                findings.append(fail(id, title, "; ".join(problems + seen), hint))
-            else:
-                findings.append(ok(id, title, "; ".join(seen)))
+                    if family == "port6" and getattr(error, "errno", None) in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+                        findings.append(warn(id, title, f"{address}: {explain(error)}",
+                                             "this machine has no IPv6 route: run the doctor from one that has"))
+                    else:
+                        findings.append(fail(id, title, f"{address}: {explain(error)}", _fix_for(service, error)))
     return findings
 
 
@@ -84,7 +86,10 @@ def closed_ports(target: Target) -> list[Finding]:
     own = own_address(target)
     if not cidrs:
         shut.append(catalogue.SSH_PORT)
-    elif own is None or any(ipaddress.ip_address(own) in c for c in cidrs if c.version == ipaddress.ip_address(own).version):
+    elif own is None or not is_public(own):
+        notes.append("SSH is open to mailgate:gateway.adminCidrs, and this machine is behind NAT "
+                     "(its public address is unknown): not tested")
+    elif any(ipaddress.ip_address(own) in c for c in cidrs if c.version == ipaddress.ip_address(own).version):
         notes.append("SSH is open to mailgate:gateway.adminCidrs; not tested from inside them")
     else:
         shut.append(catalogue.SSH_PORT)
@@ -207,9 +212,12 @@ def open_relay(target: Target) -> list[Finding]:
             greet(line, service)
             line.send(f"MAIL FROM:<{RELAY_PROBE_SENDER}>")
             code, text = line.smtp_reply()
-            if code == 250:
-                line.send(f"RCPT TO:<{RELAY_PROBE_RECIPIENT}>")
-                code, text = line.smtp_reply()
+            if code != 250:
+                line.send("QUIT")
+                return [warn(id, title, f"MAIL FROM:<{RELAY_PROBE_SENDER}> answered {code} {' '.join(text)[:80]}: "
+                             "relaying was not tried", "run the doctor again from another address")]
+            line.send(f"RCPT TO:<{RELAY_PROBE_RECIPIENT}>")
+            code, text = line.smtp_reply()
             line.send("QUIT")
     except (OSError, ProtocolError) as error:
         return [fail(id, title, f"could not ask: {explain(error)}", _fix_for(service, error))]

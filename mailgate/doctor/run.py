@@ -42,7 +42,7 @@ def checks(target: Target) -> list[tuple[str, object]]:
 
 
 # The order of the table: as a user reads it (the real-address check runs last, reads 6th).
-ORDER = ("dns", "port", "smtp", "tls", "open-relay", "real-address", "tunnel", "home-filter",
+ORDER = ("dns", "port", "port6", "smtp", "tls", "open-relay", "real-address", "tunnel", "home-filter",
          "relay-auth", "queue", "blocklist")
 
 
@@ -83,7 +83,8 @@ def _point_to_causes(findings: list[Finding]) -> list[Finding]:
 
 
 def _concurrently(planned: list[tuple[str, object]]) -> list[Finding]:
-    with ThreadPoolExecutor(max_workers=len(planned)) as pool:
+    pool = ThreadPoolExecutor(max_workers=len(planned))
+    try:
         futures = [(name, pool.submit(check)) for name, check in planned]
         wait([f for _, f in futures], timeout=OVERALL_TIMEOUT)
         findings: list[Finding] = []
@@ -98,3 +99,5 @@ def _concurrently(planned: list[tuple[str, object]]) -> list[Finding]:
                 findings.append(fail(name, name, f"the check itself failed: {error.__class__.__name__}: {error}",
                                      "report it; the other checks are unaffected"))
         return findings
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)  # a stuck check is reported, not waited for

@@ -71,6 +71,22 @@ def read_outputs(path: Path) -> dict:
     return outputs
 
 
+# Addresses that never face the internet: a machine with one is behind NAT (or a tunnel).
+PRIVATE = tuple(ipaddress.ip_network(n) for n in (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "127.0.0.0/8",
+    "169.254.0.0/16", "fc00::/7", "fe80::/10", "::1/128"))
+
+
+def is_public(address: str) -> bool:
+    """Not private, the tunnel's, loopback or link-local (documentation ranges count as
+    public: the lab's internet)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return not any(ip in net for net in PRIVATE if net.version == ip.version)
+
+
 def is_tailnet(address: str) -> bool:
     try:
         return any(ipaddress.ip_address(address) in net for net in TAILNET_RANGES)
@@ -88,12 +104,13 @@ def own_address(target: Target) -> str | None:
         return None
 
 
-def _ssh(user: str, host: str, port: int, key: Path, extra: list[str], timeout: float) -> tuple[str, ...]:
+def _ssh(user: str, host: str, port: int, key: Path, extra: list[str], timeout: float,
+         sudo: bool = True) -> tuple[str, ...]:
     argv = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={int(timeout)}", "-p", str(port)]
     if key.expanduser().exists():
         argv += ["-i", str(key.expanduser())]
     argv += [*extra, f"{user}@{host}"]
-    return tuple(argv + ([] if user == "root" else ["sudo", "-n"]))
+    return tuple(argv + ([] if user == "root" or not sudo else ["sudo", "-n"]))
 
 
 def home_remote(settings: Settings, gateway_host: str | None, timeout: float,
@@ -109,7 +126,10 @@ def home_remote(settings: Settings, gateway_host: str | None, timeout: float,
     atexit.register(os.unlink, known.name)
     extra = ["-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known.name}"]
     if home.via_gateway and gateway_host:
-        extra += ["-J", f"{GATEWAY_LOGIN}@{gateway_host}"]
+        # Not -J: the jump's own ssh would get none of these options (key, batch mode).
+        jump = _ssh(GATEWAY_LOGIN, gateway_host, 22, GATEWAY_KEY, ["-o", "StrictHostKeyChecking=accept-new"],
+                    timeout, sudo=False)
+        extra += ["-o", "ProxyCommand=" + shlex.join([*jump[:-1], "-W", "%h:%p", jump[-1]])]
     return Remote("home", _ssh(home.ssh_user, home.ssh_host, home.ssh_port, HOME_KEY, extra, timeout))
 
 

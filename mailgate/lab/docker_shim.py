@@ -40,10 +40,14 @@ class Refused(Exception):
 
 
 def _since(text: str) -> datetime:
+    relative = re.fullmatch(r"(\d+)([smh])", text)
+    if relative:  # Docker also takes a duration before now: 120s, 2m, 1h
+        unit = {"s": 1, "m": 60, "h": 3600}[relative.group(2)]
+        return datetime.now(timezone.utc) - timedelta(seconds=int(relative.group(1)) * unit)
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise Refused(f"--since {text!r}: expected an RFC 3339 time") from None
+        raise Refused(f"--since {text!r}: expected an RFC 3339 time or a duration like 120s") from None
     if moment.tzinfo is None:
         raise Refused(f"--since {text!r}: no time zone")
     return moment
