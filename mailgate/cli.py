@@ -58,6 +58,11 @@ def _any_address(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
 
 
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=Path("Pulumi.dev.yaml"),
+                        help="Pulumi stack file to read (default: %(default)s)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mailgate", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -67,8 +72,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Render every file for the stack config into OUT, mirroring where each "
         "file goes (gateway/..., home/..., publish/...). Secrets appear as placeholders.",
     )
-    render.add_argument("--config", type=Path, default=Path("Pulumi.dev.yaml"),
-                        help="Pulumi stack file to read (default: %(default)s)")
+    _config_option(render)
     render.add_argument("--out", type=Path, required=True, help="directory to write into")
     render.add_argument("--gateway-tailnet-ip", type=_address(4, tailnet=True),
                         default=PLACEHOLDER_GATEWAY_TAILNET_IP,
@@ -91,8 +95,7 @@ def _parser() -> argparse.ArgumentParser:
         "here, as the internet sees them; with --ssh also the tunnel, the home filter, the "
         "relay login, the queue and that your real address reaches Postfix and Dovecot. "
         "Exit status 1 when any check fails.")
-    doctor.add_argument("--config", type=Path, default=Path("Pulumi.dev.yaml"),
-                        help="Pulumi stack file to read (default: %(default)s)")
+    _config_option(doctor)
     doctor.add_argument("--outputs", type=Path, default=None, metavar="FILE",
                         help="the deployed values as `pulumi stack output --json` prints them "
                         "(- for stdin)")
@@ -125,8 +128,7 @@ def _parser() -> argparse.ArgumentParser:
                      "lab ACME CA (pebble) through the gateway's port 80, with acme-tiny at home; "
                      "doctor: run `mailgate doctor --ssh` against the lab from outside (DNS, "
                      "certificates and home's docker stand-in added on first use)")
-    lab.add_argument("--config", type=Path, default=Path("Pulumi.dev.yaml"),
-                     help="Pulumi stack file to read (default: %(default)s)")
+    _config_option(lab)
     shortest, longest = SHORT_IMAP_TIMEOUT[0], SHORT_IMAP_TIMEOUT[-1]
     lab.add_argument("--imap-timeout", type=int, default=None, metavar="SECONDS",
                      help=f"up: render nginx's IMAP idle timeout as SECONDS ({shortest}-{longest}) "

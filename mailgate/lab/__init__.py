@@ -69,6 +69,10 @@ DNS = "mglab-dns"  # the public DNS the doctor asks (nsd)
 NAMESPACES = (INET, GATEWAY, HOME, SPOOF, RELAY, MAILCOW, ATTACK, ACME_CA, DNS)
 
 CLIENT_IP = "198.51.100.7"
+# IPv6 on the internet side only, from the documentation range: the client and the
+# gateway's public address. The tunnel stays IPv4, as Tailscale's is used here; nginx
+# tells home the IPv6 client in a PROXY TCP6 header.
+CLIENT_IP6, PUBLIC_IP6 = "2001:db8:100::7", "2001:db8:113::10"
 # Outside the example stack's admin CIDRs (198.51.100.0/24), which the gateway never bans.
 ATTACKER_IP = "203.0.113.50"
 PUBLIC_IP = "203.0.113.10"

@@ -11,11 +11,13 @@ from mailgate.settings import Settings
 
 
 def lab_settings(settings: Settings) -> Settings:
-    """The stack's settings with the lab's home tailnet address, and bans on (the lab's
-    own ban-list id stands in for the secret mailgate:banlistId): the only changes."""
+    """The stack's settings with the lab's home tailnet address, bans on (the lab's own
+    ban-list id stands in for the secret mailgate:banlistId) and IPv6 on at the gateway:
+    the only changes."""
     home = settings.home.model_copy(update={"tailnet_ip": HOME_TAILNET})
     bans_on = settings.bans.model_copy(update={"enabled": True})
-    return settings.model_copy(update={"home": home, "bans": bans_on})
+    gateway = settings.gateway.model_copy(update={"ipv6": True})
+    return settings.model_copy(update={"home": home, "bans": bans_on, "gateway": gateway})
 
 
 def up(settings: Settings, home_firewall: bool = True, nginx_edit=None, tailnet_policy: bool = True,

@@ -91,12 +91,19 @@ def connect(host: str, port: str, forged: str = "") -> dict:
     try:
         with socket.create_connection((host, int(port)), timeout=3) as sock:
             if forged:
-                sock.sendall(f"PROXY TCP4 {forged} {host} 40000 {port}\r\n".encode())
+                sock.sendall(_proxy_header(forged, host, port))
             return {"result": "open"}
     except ConnectionRefusedError:
         return {"result": "refused"}
     except OSError as error:
         return {"result": type(error).__name__}
+
+
+def _proxy_header(client: str, server: str, port: str) -> bytes:
+    """PROXY v1 claiming `client`: TCP6 for an IPv6 claim (the server's IPv4 mapped)."""
+    if ":" in client:
+        return f"PROXY TCP6 {client} ::ffff:{server} 40000 {port}\r\n".encode()
+    return f"PROXY TCP4 {client} {server} 40000 {port}\r\n".encode()
 
 
 def forge(host: str, ports: str, forged: str) -> dict:
@@ -111,7 +118,7 @@ def forge(host: str, ports: str, forged: str) -> dict:
         except OSError as error:
             return type(error).__name__
         try:
-            sock.sendall(f"PROXY TCP4 {forged} {host} 40000 {port}\r\n".encode())
+            sock.sendall(_proxy_header(forged, host, port))
             sock.settimeout(TIMEOUT)  # postscreen may hold its banner back a while
             if int(port) in (10465, 10993):
                 sock = _tls().wrap_socket(sock)
@@ -190,9 +197,11 @@ def hold(host: str, port: str, count: str, seconds: str) -> dict:
     were still open at the end."""
     import resource
 
-    resource.setrlimit(resource.RLIMIT_NOFILE, (8192, 8192))
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    wanted = min(int(count), 20000) + 64
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard) if hard != resource.RLIM_INFINITY else wanted, hard))
     sockets = []
-    for _ in range(min(int(count), 5000)):
+    for _ in range(min(int(count), 20000)):
         sock = socket.create_connection((host, int(port)), timeout=TIMEOUT)
         sock.recv(200)
         sockets.append(sock)
@@ -327,9 +336,48 @@ def http_get(host: str, port: str, path: str, name: str) -> dict:
     return {"status": int(status) if status and status.isdigit() else None, "server": server}
 
 
+def bulk(host: str, port: str, user: str, password: str, subject: str) -> dict:
+    """IMAPS: fetch the whole message with that subject once; bytes and seconds of the FETCH."""
+    try:
+        client = imaplib.IMAP4_SSL(host, int(port), ssl_context=_tls(), timeout=60)
+        client.login(user, password)
+        client.select("INBOX", readonly=True)
+        _, found = client.search(None, "SUBJECT", f'"{subject}"')
+        number = found[0].split()[0]
+        start = time.perf_counter()
+        _, data = client.fetch(number, "(BODY.PEEK[])")
+        seconds = time.perf_counter() - start
+        client.logout()
+        return {"bytes": len(data[0][1]), "seconds": seconds}
+    except (imaplib.IMAP4.error, OSError, IndexError) as error:
+        return {"bytes": None, "error": f"{type(error).__name__}: {error}"}
+
+
+def serve(host: str, ports: str, seconds: str) -> dict:
+    """Listen on each port and accept (then close) every connection, for `seconds` at most:
+    other services of a host, which only its firewall keeps from the internet."""
+    import selectors
+
+    selector = selectors.DefaultSelector()
+    for port in ports.split(","):
+        server = socket.create_server((host, int(port)), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+        server.setblocking(False)
+        selector.register(server, selectors.EVENT_READ)
+    deadline = time.monotonic() + min(float(seconds), 7200)
+    accepted = 0
+    while time.monotonic() < deadline:
+        for key, _ in selector.select(timeout=1):
+            try:
+                key.fileobj.accept()[0].close()
+                accepted += 1
+            except OSError:
+                pass
+    return {"accepted": accepted}
+
+
 ACTIONS = {"idle": idle, "reach": reach, "submit": submit, "latency": latency, "hold": hold, "send": send, "banner": banner, "connect": connect, "forge": forge, "fetch": fetch,
            "banners": banners, "imap_fail": imap_fail, "smtp_auth_fail": smtp_auth_fail,
-           "verified": verified, "http_get": http_get}
+           "verified": verified, "http_get": http_get, "serve": serve, "bulk": bulk}
 
 if __name__ == "__main__":
     print(json.dumps(ACTIONS[sys.argv[1]](*sys.argv[2:])))

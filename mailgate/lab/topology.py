@@ -4,7 +4,7 @@ Mailcow's "container" namespace (Docker's bridge, as a veth)."""
 from __future__ import annotations
 
 from mailgate.lab import (
-    ACME_CA, ACME_CA_IP, DNS, DNS_IP, HOME_ACME_UNDERLAY, ATTACK, ATTACKER_IP, BRIDGE, BRIDGE_IP, CONTAINER_IP, HOME_TUNNEL, MAILCOW, CLIENT_IP, GATEWAY, HOME_RELAY_UNDERLAY, RELAY, RELAY_IP, GATEWAY_RELAY_UNDERLAY, GATEWAY_TAILNET, GATEWAY_UNDERLAY, HOME, HOME_SPOOF_UNDERLAY,
+    ACME_CA, ACME_CA_IP, CLIENT_IP6, PUBLIC_IP6, DNS, DNS_IP, HOME_ACME_UNDERLAY, ATTACK, ATTACKER_IP, BRIDGE, BRIDGE_IP, CONTAINER_IP, HOME_TUNNEL, MAILCOW, CLIENT_IP, GATEWAY, HOME_RELAY_UNDERLAY, RELAY, RELAY_IP, GATEWAY_RELAY_UNDERLAY, GATEWAY_TAILNET, GATEWAY_UNDERLAY, HOME, HOME_SPOOF_UNDERLAY,
     HOME_TAILNET, HOME_UNDERLAY, INET, NAMESPACES, PUBLIC_IP, SPOOF, SPOOF_TAILNET,
     SPOOF_UNDERLAY, STATE, WG_PORT,
 )
@@ -30,6 +30,8 @@ LINKS = (
     (DNS, "dns-inet", DNS_IP, INET, "inet-dns", CLIENT_IP),
     (INET, "inet-relay", CLIENT_IP, RELAY, "relay-inet", RELAY_IP),
 )
+# IPv6 on a link above: (namespace a, interface a, address a, namespace b, interface b, address b).
+LINKS6 = ((INET, "inet0", CLIENT_IP6, GATEWAY, "gw-inet", PUBLIC_IP6),)
 # Host routes beyond each link's far end: (namespace, destination, interface). Home's
 # watcher checks the gateway's public address, which the gateway answers on any link.
 ROUTES = ((HOME, PUBLIC_IP, "home-gw"),)
@@ -55,6 +57,11 @@ def create_namespaces() -> None:
             run(["ip", "link", "set", interface, "up"], namespace)
             # A host route to the far end only: there is no default route anywhere.
             run(["ip", "route", "add", f"{peer}/32", "dev", interface], namespace)
+    for ns_a, if_a, ip_a, ns_b, if_b, ip_b in LINKS6:
+        for namespace, interface, address, peer in ((ns_a, if_a, ip_a, ip_b), (ns_b, if_b, ip_b, ip_a)):
+            # nodad: usable at once (no duplicate address detection on a two-ended link).
+            run(["ip", "-6", "addr", "add", f"{address}/128", "dev", interface, "nodad"], namespace)
+            run(["ip", "-6", "route", "add", f"{peer}/128", "dev", interface], namespace)
     for namespace, destination, interface in ROUTES:
         run(["ip", "route", "add", f"{destination}/32", "dev", interface], namespace)
     _create_container_link()

@@ -33,6 +33,15 @@ class NginxRuntime:
     worker_connections: int = 8192
     listen_address: str | None = None
     """Bind to one address instead of all (the lab's gateway namespace)."""
+    listen_address6: str | None = None
+    """With listen_address: the one IPv6 address to bind to as well (the lab's gateway)."""
+
+    @property
+    def ipv6_listen(self) -> str | None:
+        """Where IPv6 listeners bind: all addresses, the one given, or none (None)."""
+        if self.listen_address is None:
+            return "[::]:"
+        return f"[{self.listen_address6}]:" if self.listen_address6 else None
 
 
 # The runtime deployed configs are rendered for: Ubuntu's. Only the lifecycle tests
@@ -50,7 +59,7 @@ def render_nginx_stream(settings: Settings, runtime: NginxRuntime | None = None,
         runtime=runtime,
         services=[s for s in settings.enabled_services if not s.gateway_http],
         home_address=settings.home.tailnet_ip,
-        ipv6=settings.gateway.ipv6 and runtime.listen_address is None,
+        listen_ipv6=runtime.ipv6_listen if settings.gateway.ipv6 else None,
         listen_ipv4=f"{runtime.listen_address}:" if runtime.listen_address else "",
         connect_timeout=CONNECT_TIMEOUT_SECONDS,
         idle_seconds={timeout: timeout.seconds for timeout in IdleTimeout} | dict(idle_seconds or {}),
@@ -66,8 +75,8 @@ def render_nginx_conf(settings: Settings, runtime: NginxRuntime | None = None,
     if HTTP_SERVICE in settings.enabled_services:
         port = HTTP_SERVICE.public_port
         default_site = [f"{runtime.listen_address}:{port}" if runtime.listen_address else str(port)]
-        if settings.gateway.ipv6 and runtime.listen_address is None:
-            default_site.append(f"[::]:{port}")
+        if settings.gateway.ipv6 and runtime.ipv6_listen:
+            default_site.append(f"{runtime.ipv6_listen}{port}")
     return render_template("nginx.conf.j2", runtime=runtime,
                            stream=render_nginx_stream(settings, runtime, idle_seconds),
                            http=render_nginx_http(settings, runtime), default_site=default_site)
@@ -84,7 +93,7 @@ def render_nginx_http(settings: Settings, runtime: NginxRuntime | None = None) -
         service=service,
         names=settings.certificate_names,
         home_address=settings.home.tailnet_ip,
-        ipv6=settings.gateway.ipv6 and runtime.listen_address is None,
+        listen_ipv6=runtime.ipv6_listen if settings.gateway.ipv6 else None,
         listen_ipv4=f"{runtime.listen_address}:" if runtime.listen_address else "",
         challenge_path=ACME_CHALLENGE_PATH,
         connect_timeout=CONNECT_TIMEOUT_SECONDS,

@@ -48,11 +48,11 @@ def test_up_check_down_through_the_command_line():
     assert up.returncode == 0, up.stderr
     assert mailgate("up", "--imap-timeout", "10").returncode == 0  # idempotent: a second up rebuilds cleanly
     pids = recorded_pids()
-    assert len(pids) == 11 and all(alive(pid) for pid in pids.values())
+    assert len(pids) == 12 and all(alive(pid) for pid in pids.values())  # gateway-other-services too
     check = mailgate("check")
     print(check.stdout)
     assert check.returncode == 0, check.stdout
-    assert check.stdout.splitlines()[-1] == "40 passed, 0 failed"
+    assert check.stdout.splitlines()[-1] == "54 passed, 0 failed"
     # Bans: fail2ban at home bans, the gateway drops, failures keep the set, an unban lifts.
     assert "PASS  then the gateway drops its SYNs to every public port within one interval" in check.stdout
     assert "PASS  home unreachable (tunnel down): the gateway keeps its last good set" in check.stdout
@@ -122,7 +122,7 @@ def test_a_filter_behind_docker_user_is_overtaken_by_tailscaled(dev_settings):
 
 def test_without_proxy_protocol_the_real_address_check_fails(dev_settings):
     # Port 25 forwarded without the PROXY header: postscreen on the twin cannot learn
-    # the client, so the check must not find 198.51.100.7 there.
+    # the client, so the check must find neither 198.51.100.7 nor the IPv6 client there.
     def no_proxy_on_smtp(text: str) -> str:
         head, _, rest = text.partition("proxy_pass 100.64.0.2:10025;")
         return head + "proxy_pass 100.64.0.2:10025;" + rest.replace("proxy_protocol on;", "proxy_protocol off;", 1)
@@ -133,7 +133,9 @@ def test_without_proxy_protocol_the_real_address_check_fails(dev_settings):
     finally:
         lab.down()
     assert "real client address on smtp (25)" in broken
+    assert "real client address over IPv6 on smtp (25)" in broken  # PROXY TCP6 missing too
     assert "real client address on imaps (993)" not in broken
+    assert "real client address over IPv6 on imaps (993)" not in broken
     assert namespaces_left() == []
 
 
@@ -142,7 +144,7 @@ def test_bench_measures_every_path_and_holds_the_idle_sessions(dev_settings):
 
     lab.up(dev_settings)
     try:
-        lines = bench(rounds=1, messages=20, samples=20, idle=200)
+        lines = bench(rounds=1, messages=20, samples=20, idle=200, bulk_mb=5)
     finally:
         lab.down()
     table = "\n".join(lines)
@@ -150,6 +152,8 @@ def test_bench_measures_every_path_and_holds_the_idle_sessions(dev_settings):
     assert "| via gateway, 10,000 IPv4 networks banned |" in table and "| via gateway, bans on, 0 banned |" in table
     assert "networks banned (+" in table  # banlist.py's own line from loading the 10,000-entry list
     assert "200 opened, 200 still open after 5 s idle" in table
+    assert "10 messages per connection" in table and "IPv6 client via the gateway" in table
+    assert "Bulk: one 5 MB message" in table and table.count("MB/s") >= 1
 
 
 def test_without_the_tailnet_policy_the_gateway_reaches_the_plain_ports(dev_settings):
@@ -217,3 +221,24 @@ def test_without_the_gateways_drop_rule_a_banned_attacker_gets_through(dev_setti
     assert not at_gateway.passed and "s: True;" in at_gateway.detail, at_gateway.detail
     assert "'25': 'open'" in at_gateway.detail and "'993': 'open'" in at_gateway.detail, at_gateway.detail
     assert bystander.passed, bystander.detail
+
+
+def test_a_gateway_ipv6_firewall_that_lets_more_in_fails_its_check(dev_settings):
+    """One more port accepted in MAILGATE-IN (say a hand-added rule): the IPv6 firewall
+    check sees the host's service on it from outside and fails."""
+    from mailgate.lab import GATEWAY
+    from mailgate.lab.checks import gateway_ipv6_firewall_opens_exactly_the_catalogue
+    from mailgate.lab.daemons import OTHER_SERVICE_PORT
+    from mailgate.lab.system import run
+    from mailgate.renderers.cloud_init import GATEWAY_INPUT_CHAIN
+
+    lab.up(dev_settings)
+    try:
+        settings = lab.lab_settings(dev_settings)
+        assert gateway_ipv6_firewall_opens_exactly_the_catalogue(settings).passed
+        run(["ip6tables", "-A", GATEWAY_INPUT_CHAIN, "-p", "tcp", "--dport", str(OTHER_SERVICE_PORT),
+             "-j", "ACCEPT"], GATEWAY)
+        broken = gateway_ipv6_firewall_opens_exactly_the_catalogue(settings)
+    finally:
+        lab.down()
+    assert not broken.passed and f"'{OTHER_SERVICE_PORT}': 'open'" in broken.detail, broken.detail
