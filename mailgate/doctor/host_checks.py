@@ -23,6 +23,7 @@ from mailgate.renderers.firewall import render_home_firewall
 from mailgate.renderers.mailcow import POSTFIX_CONTAINER_CONF, RELAY_PASSWORD_MAP
 
 STUCK_AFTER = timedelta(minutes=30)
+LOG_READS, LOG_READ_PAUSE = 10, 0.3  # up to 3 s for a session's log line to appear at home
 LOG_WINDOW = "120s"  # the log lines real-address reads: the last two minutes, by home's clock
 POSTFIX_CONNECT = re.compile(r"\bCONNECT from \[(?P<ip>[^\]]+)\]:\d+ to \[[^\]]*\]:(?P<port>\d+)"
                              r"|\bconnect from [^\s\[]*\[(?P<ip2>[^\]]+)\]")
@@ -139,19 +140,28 @@ def real_address(target: Target, ports_down: frozenset[str] = frozenset()) -> li
         return [_unreachable(id, title, target.home, error) for id, title in ids]
     for service, (id, title) in zip(services, ids):
         problem = _probe(target, service)
-        time.sleep(0.2)  # the daemons write the line as the session ends
+        new: list[str] = []
+        mine: list[tuple[str, str]] = []
+        tunnel: list[tuple[str, str]] = []
         try:
-            text = _run(target.home, logs, target)
+            # The daemons log through a log service, a moment after the session: read
+            # again until this session's line is there (bounded).
+            for _ in range(LOG_READS):
+                time.sleep(LOG_READ_PAUSE)
+                text = _run(target.home, logs, target)
+                fresh = [line for line in text.splitlines() if line not in seen]
+                seen.update(fresh)
+                new += fresh
+                connects = _connects("\n".join(new), service)
+                # Behind NAT this machine cannot know its public address: any client address
+                # counts, but only for a probe that was greeted (its own session ended cleanly).
+                mine = [(l, ip) for l, ip in connects if (ip == own if not behind_nat else is_public(ip) and not problem)]
+                tunnel = [(l, ip) for l, ip in connects if is_tailnet(ip)]
+                if mine or tunnel or any(NO_PROXY_HEADER.search(line) for line in new):
+                    break
         except RemoteError as error:
             findings.append(_unreachable(id, title, target.home, error))
             continue
-        new = [line for line in text.splitlines() if line not in seen]
-        seen.update(new)
-        connects = _connects("\n".join(new), service)
-        # Behind NAT this machine cannot know its public address: any client address
-        # counts, but only for a probe that was greeted (its own session ended cleanly).
-        mine = [(l, ip) for l, ip in connects if (ip == own if not behind_nat else is_public(ip) and not problem)]
-        tunnel = [(l, ip) for l, ip in connects if is_tailnet(ip)]
         if mine:
             note = "" if not behind_nat else " (this machine is behind NAT; that is its public address)"
             findings.append(ok(id, title, f"home logged {mine[0][1]}{note}"))
