@@ -203,9 +203,12 @@ def test_only_the_probed_daemons_lines_with_a_public_address_count(dev_settings)
         "dovecot: imap-login: Login: user=<a@example.com>, rip=172.22.1.250, lip=172.22.1.250",
         "dovecot: managesieve-login: Disconnected: rip=198.51.100.9, lip=100.64.0.2",
         "postfix/postscreen[1]: CONNECT from [198.51.100.10]:40001 to [100.64.0.2]:10587",
+        # Behind the gateway postscreen names the PROXY header's destination: the public port.
+        "postfix/postscreen[1]: CONNECT from [198.51.100.11]:40002 to [203.0.113.10]:25",
+        "postfix/postscreen[1]: CONNECT from [198.51.100.12]:40003 to [203.0.113.10]:587",
     ])
     smtp = host_checks._connects(log, catalogue.BY_NAME["smtp"])
-    assert [ip for _, ip in smtp] == ["198.51.100.7", "198.51.100.8"]
+    assert [ip for _, ip in smtp] == ["198.51.100.7", "198.51.100.8", "198.51.100.11"]
     imap = host_checks._connects(log, catalogue.BY_NAME["imap"])
     assert [ip for _, ip in imap] == ["172.22.1.250"] and not targets.is_public("172.22.1.250")
     assert [ip for _, ip in host_checks._connects(log, catalogue.BY_NAME["managesieve"])] == ["198.51.100.9"]

@@ -97,14 +97,17 @@ def _probe(target: Target, service: catalogue.Service) -> str:
 
 def _connects(text: str, service: catalogue.Service) -> list[tuple[str, str]]:
     """(line, client address) of every connection the service's daemon logged: Postfix's
-    for SMTP (postscreen's only when it names the service's twin port), Dovecot's login
-    process of the protocol otherwise."""
+    for SMTP (postscreen's only when it names the service's public or twin port), Dovecot's
+    login process of the protocol otherwise."""
     found = []
     login = {"imap": "imap-login:", "pop3": "pop3-login:", "sieve": "managesieve-login:"}.get(service.protocol)
     for line in text.splitlines():
         if service.protocol == "smtp":
             match = POSTFIX_CONNECT.search(line)
-            if match and match.group("port") and match.group("port") != str(service.home_port):
+            # postscreen names the port the client asked for: the PROXY header's (the public
+            # port) behind the gateway, the twin's without a header.
+            if match and match.group("port") and match.group("port") not in (str(service.public_port),
+                                                                             str(service.home_port)):
                 continue
         else:
             match = DOVECOT_CONNECT.search(line) if login and login in line else None
