@@ -123,8 +123,10 @@ def _parser() -> argparse.ArgumentParser:
         "lab", help="the whole mail path in network namespaces on this machine (root, Linux)",
         description="Build the lab from the stack's rendered files (up), prove the design's "
         "promises from outside (check), show it (status), remove every trace (down).")
-    lab.add_argument("action", choices=("up", "check", "down", "status", "bench", "acme", "doctor"),
-                     help="acme: on a lab just up, issue a certificate for mailHostname from a "
+    lab.add_argument("action", choices=("up", "check", "down", "status", "bench", "tune", "acme", "doctor"),
+                     help="bench: measure the data path (docs/performance.md); tune: try the "
+                     "gateway's nginx settings one by one against the rendered config; "
+                     "acme: on a lab just up, issue a certificate for mailHostname from a "
                      "lab ACME CA (pebble) through the gateway's port 80, with acme-tiny at home; "
                      "doctor: run `mailgate doctor --ssh` against the lab from outside (DNS, "
                      "certificates and home's docker stand-in added on first use)")
@@ -170,6 +172,10 @@ def _lab_action(args: argparse.Namespace, lab, run_checks) -> int:
         from mailgate.lab.bench import bench
 
         print("\n".join(bench()))
+    elif args.action == "tune":
+        from mailgate.lab.tune import tune
+
+        print("\n".join(tune()))
     elif args.action == "acme":
         from mailgate.lab import acme_checks
 

@@ -35,6 +35,7 @@ APT_PACKAGES=(
   wireguard-go wireguard-tools openssl
   fail2ban nftables
   pebble nsd acme-tiny
+  linux-perf
   systemd
 )
 

@@ -86,6 +86,10 @@ def test_one_server_per_enabled_service_to_its_twin(dev_raw):
         assert directives["proxy_pass"] == [f"100.64.0.2:{service.home_port}"]
         assert directives["proxy_protocol"] == ["on" if service.proxy_protocol else "off"]
         assert directives["proxy_timeout"] == [f"{service.timeout.seconds}s"]
+        # Long-idle sessions get small buffers (docs/performance.md, tuning log); the rest
+        # keep the stream module's 16k.
+        small = ["2k"] if service.timeout is IdleTimeout.IMAP else None
+        assert directives.get("proxy_buffer_size") == small, service.name
         assert directives["listen"] == [f"{service.public_port} so_keepalive=on",
                                         f"[::]:{service.public_port} so_keepalive=on"]
 

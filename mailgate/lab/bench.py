@@ -7,16 +7,21 @@ bounded by a message or connection count.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from mailgate.lab import (
-    GATEWAY, HOME_TAILNET, HOME_UNDERLAY, INET, MAIL_PASSWORD, MAIL_UID, MAIL_USER, PUBLIC_IP, PUBLIC_IP6, SPOOF,
+    GATEWAY, HOME, HOME_TAILNET, HOME_UNDERLAY, INET, MAIL_PASSWORD, MAIL_UID, MAIL_USER, MAILCOW, PUBLIC_IP, PUBLIC_IP6, SPOOF,
+    STATE,
 )
 from mailgate.lab import bans
 from mailgate.lab.checks import probe
@@ -69,6 +74,8 @@ def put_bulk_message(megabytes: int) -> None:
     local, domain = MAIL_USER.split("@")
     new = MAIL_DIR / domain / local / "new"
     new.mkdir(parents=True, exist_ok=True)
+    for earlier in new.parent.glob("*/*.bench.lab*"):  # one bench message, or the fetch may pick another
+        earlier.unlink()
     line = b"abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789\r\n"
     body = line * (megabytes * 1024 * 1024 // len(line))
     message = new / f"{int(time.time())}.bench.lab"
@@ -92,18 +99,29 @@ def rss_kb(pid: int) -> int:
     return int(fields.get("VmRSS", "0 kB").split()[0])
 
 
-def nginx_rss_kb() -> int:
-    master = recorded_pids()["nginx"]
-    total = 0
+def require_lab() -> None:
+    if "nginx" not in recorded_pids() or not nginx_workers():
+        raise LabError("the lab is not up: run `python -m mailgate lab up` first")
+
+
+def nginx_workers() -> dict[int, dict[str, str]]:
+    """The gateway nginx's workers (the master's children): pid -> /proc status fields."""
+    master = str(recorded_pids()["nginx"])
+    workers = {}
     for status in Path("/proc").glob("[0-9]*/status"):
         try:
-            text = status.read_text()
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
         except OSError:
             continue
-        fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-        if fields.get("PPid", "").strip() == str(master) or status.parent.name == str(master):
-            total += int(fields.get("VmRSS", "0 kB").split()[0])
-    return total
+        if fields.get("PPid", "").strip() == master:
+            workers[int(status.parent.name)] = fields
+    return workers
+
+
+def nginx_rss_kb() -> int:
+    """Master and workers together."""
+    workers = nginx_workers().values()
+    return rss_kb(recorded_pids()["nginx"]) + sum(int(w.get("VmRSS", "0 kB").split()[0]) for w in workers)
 
 
 def tunnel_rss_kb() -> int:
@@ -125,6 +143,144 @@ def hold_idle(count: int, seconds: float) -> dict:
         process.wait(timeout=seconds + 120)
     return {**final, "opened": opened["opened"], "rss_before_kb": before, "rss_during_kb": during,
             "tunnel_before_kb": tunnel_before, "tunnel_during_kb": tunnel_during}
+
+
+POSTFIX_PROGRAMS = frozenset({
+    "master", "smtpd", "postscreen", "cleanup", "qmgr", "discard", "trivial-rewrite", "anvil", "postlogd",
+    "tlsmgr", "proxymap", "scache", "bounce", "pickup", "showq", "dnsblog", "tlsproxy", "error", "smtp",
+})
+PERF_HZ = 1000
+
+
+def cpu_per_message(namespace: str, address: str, port: int, messages: int) -> tuple[float, dict[str, float]]:
+    """Send `messages` (one connection each) while perf samples every CPU; msg/s, and the
+    CPU microseconds per message each part of the path spent, the kernel's work included
+    (softirqs count for the program they interrupt)."""
+    if shutil.which("perf") is None:
+        raise LabError("perf is missing: install linux-perf (bash scripts/setup.sh --dev does)")
+    pids = recorded_pids()
+    tunnel_ends = {pids[f"wireguard-{name}"]: f"wireguard-go, {end}"
+                   for name, end in ((GATEWAY, "the gateway's end"), (HOME, "home's end"), (SPOOF, "the peer's end"))}
+    data = STATE / "bench-perf.data"
+    recorder = subprocess.Popen(["perf", "record", "-a", "-e", "cpu-clock", "-F", str(PERF_HZ), "-o", str(data),
+                                 "--", "sleep", "120"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)  # perf is sampling once its own start-up is behind it
+        rate = smtp_rate(namespace, address, port, messages)
+    finally:
+        recorder.send_signal(signal.SIGINT)
+        _, said = recorder.communicate(timeout=60)
+    script = run(["perf", "script", "-i", str(data), "-F", "comm,pid"], timeout=120)
+    data.unlink()
+    samples: dict[str, int] = {}
+    for line in script.stdout.splitlines():
+        comm, _, pid = line.strip().rpartition(" ")
+        comm = comm.strip()
+        if comm in ("swapper", "perf") or not pid.isdigit():
+            continue  # idle, and perf's own sampling
+        part = (tunnel_ends.get(int(pid)) or ("nginx" if comm == "nginx" else None)
+                or ("Postfix at home" if comm in POSTFIX_PROGRAMS else None)
+                or ("the client (smtp-source)" if comm == "smtp-source" else "everything else"))
+        samples[part] = samples.get(part, 0) + 1
+    if not samples:
+        raise LabError(f"perf recorded nothing: {said.strip()}")
+    return rate, {part: count / PERF_HZ * 1e6 / messages for part, count in samples.items()}
+
+
+def _set_affinity(namespaces: tuple[str, ...], cpus: set[int]) -> None:
+    """Every thread of every process in `namespaces` on `cpus`; children they start later
+    inherit it (Postfix's master starts smtpd and cleanup as mail comes)."""
+    for namespace in namespaces:
+        for pid in run(["ip", "netns", "pids", namespace]).stdout.split():
+            for task in Path(f"/proc/{pid}/task").glob("[0-9]*"):
+                try:
+                    os.sched_setaffinity(int(task.name), cpus)
+                except OSError:
+                    pass  # a thread that has just ended
+
+
+@contextlib.contextmanager
+def home_on_its_own_core():
+    """The home side (the Mini PC and Mailcow's namespace) on one CPU, everything else (the
+    gateway, the tunnel's other peer, the client, and the bench, whose children are the
+    clients) on another: home no longer pays for the gateway's work, as on a deployment,
+    where the gateway is another machine. Every CPU again for all of them afterwards."""
+    home, rest = (MAILCOW, HOME), (GATEWAY, SPOOF, INET)
+    everything = os.sched_getaffinity(0)
+    first, second = sorted(everything)[:2]
+    try:
+        _set_affinity(home, {first})
+        _set_affinity(rest, {second})
+        os.sched_setaffinity(0, {second})
+        yield
+    finally:
+        os.sched_setaffinity(0, everything)
+        _set_affinity(home + rest, everything)
+
+
+def where_the_time_goes(rounds: int, messages: int) -> list[str]:
+    """SMTP with one connection per message, via the gateway against the tunnel alone:
+    the CPU each part of the path spends per message (perf), then own_core()'s ratios.
+    Every hop of the lab shares the machine's cores, so whatever the gateway spends is taken
+    from Postfix; on a deployment the gateway is another machine."""
+    gateway, tunnel = SMTP_PATHS[0], SMTP_PATHS[1]
+    runs: dict[str, list[tuple[float, dict[str, float]]]] = {gateway[0]: [], tunnel[0]: []}
+    for _ in range(rounds):
+        for label, namespace, address, port in (tunnel, gateway):
+            runs[label].append(cpu_per_message(namespace, address, port, messages))
+
+    def median(label: str, part: str | None = None) -> float:
+        """A part's median over the rounds (0 where it spent nothing); all parts with None."""
+        return statistics.median(sum(parts.values()) if part is None else parts.get(part, 0.0)
+                                 for _, parts in runs[label])
+
+    lines = [f"Where the time goes: CPU microseconds per message (perf record -a at {PERF_HZ} Hz, "
+             f"smtp-source -s 10 -m {messages}, one connection per message, {rounds} rounds, medians):",
+             "| part of the path | via gateway | tunnel only |", "|---|---|---|"]
+    parts = sorted({part for label in runs for _, spent in runs[label] for part in spent},
+                   key=lambda part: -median(gateway[0], part))
+    for part in parts:
+        lines.append(f"| {part} | {median(gateway[0], part):.0f} | {median(tunnel[0], part):.0f} |")
+    totals = {label: median(label) for label in runs}
+    g_rate, t_rate = (statistics.median(rate for rate, _ in runs[label]) for label in (gateway[0], tunnel[0]))
+    g_cpu, t_cpu = totals[gateway[0]], totals[tunnel[0]]
+    lines += [f"| all (median of the rounds' sums) | {g_cpu:.0f} | {t_cpu:.0f} |",
+              f"CPU per message, tunnel only over via gateway: {t_cpu / g_cpu:.2f}; msg/s in the same runs: "
+              f"{g_rate:.0f} vs {t_rate:.0f}, {g_rate / t_rate:.2f}."]
+    return lines + [""] + own_core(rounds, messages)
+
+
+def own_core(rounds: int, messages: int) -> list[str]:
+    """The targets' ratios again with home on a core of its own: each pair run back to back."""
+    if len(os.sched_getaffinity(0)) < 2:
+        return ["Home on a core of its own: not measured, the bench may use one CPU only."]
+    gateway, tunnel = SMTP_PATHS[0], SMTP_PATHS[1]
+    pairs: dict[str, tuple[Callable[[], float], Callable[[], float]]] = {
+        "SMTP, one connection per message: via gateway / tunnel only": (
+            lambda: smtp_rate(*gateway[1:], messages), lambda: smtp_rate(*tunnel[1:], messages)),
+        f"SMTP, {PER_CONNECTION} messages per connection: via gateway / tunnel only": (
+            lambda: smtp_rate(*gateway[1:], messages, PER_CONNECTION),
+            lambda: smtp_rate(*tunnel[1:], messages, PER_CONNECTION)),
+        "bulk IMAPS fetch: via gateway / tunnel only": (
+            lambda: bulk_rate(*BULK_PATHS[0][1:]), lambda: bulk_rate(*BULK_PATHS[1][1:])),
+        "SMTP via the gateway, one connection per message: IPv6 client / IPv4 client": (
+            lambda: smtp_rate(*IPV6_PATH[1:], messages), lambda: smtp_rate(*gateway[1:], messages)),
+    }
+    ratios: dict[str, list[float]] = {label: [] for label in pairs}
+    with home_on_its_own_core():
+        for measured, reference in pairs.values():  # once each first: processes settle on their new CPUs
+            measured(), reference()
+        for _ in range(rounds):
+            for label, (measured, reference) in pairs.items():
+                below = reference()
+                ratios[label].append(measured() / below)
+    lines = [f"Home on a core of its own (Postfix, Dovecot and home's tunnel end on one CPU; the gateway, the "
+             f"other peer and the clients on another), as on a deployment, where the gateway is another "
+             f"machine; {rounds} rounds, each pair run back to back, median of the ratios:",
+             "| comparison | ratio | range |", "|---|---|---|"]
+    for label, values in ratios.items():
+        lines.append(f"| {label} | {statistics.median(values):.2f} | {min(values):.2f}-{max(values):.2f} |")
+    return lines
 
 
 BANNED = 10_000
@@ -167,8 +323,9 @@ def load_times(runs: int) -> dict:
             "said": first.said, "networks": len(bans.gateway_set() or [])}
 
 
-def bench(rounds: int = 3, messages: int = 200, samples: int = 200, idle: int = 10_000,
+def bench(rounds: int = 5, messages: int = 400, samples: int = 200, idle: int = 10_000,
           bulk_mb: int = BULK_MB) -> list[str]:
+    require_lab()
     for _, namespace, address, port in SMTP_PATHS:  # postscreen remembers a client after one pass
         smtp_rate(namespace, address, port, 5)
     smtp_rate(IPV6_PATH[1], IPV6_PATH[2], IPV6_PATH[3], 5)
@@ -213,6 +370,7 @@ def bench(rounds: int = 3, messages: int = 200, samples: int = 200, idle: int = 
             raise LabError(f"latency probe failed: {result}")
         latency[label] = sorted(result["samples"])
     held = hold_idle(idle, 5)
+    spent = where_the_time_goes(rounds, messages)
 
     gateway, tunnel, direct = (statistics.median(rates[label]) for label, *_ in SMTP_PATHS)
     lines = [
@@ -269,4 +427,4 @@ def bench(rounds: int = 3, messages: int = 200, samples: int = 200, idle: int = 
               f"-> {held['rss_during_kb']} kB, about {per_connection:.1f} kB per session; wireguard-go "
               f"(tailscaled's stand-in) {held['tunnel_before_kb']} kB -> {held['tunnel_during_kb']} kB; "
               f"the two together {held['rss_during_kb'] + held['tunnel_during_kb']} kB while holding them."]
-    return lines
+    return lines + [""] + spent

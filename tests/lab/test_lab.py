@@ -154,6 +154,40 @@ def test_bench_measures_every_path_and_holds_the_idle_sessions(dev_settings):
     assert "200 opened, 200 still open after 5 s idle" in table
     assert "10 messages per connection" in table and "IPv6 client via the gateway" in table
     assert "Bulk: one 5 MB message" in table and table.count("MB/s") >= 1
+    # perf's account: nginx and the gateway's tunnel end work only on the gateway's path.
+    spent = {row.split("|")[1].strip(): row.split("|")[2:4] for row in lines if row.startswith("| ")}
+    assert float(spent["nginx"][0]) > 0 and float(spent["nginx"][1]) == 0, spent["nginx"]
+    assert float(spent["Postfix at home"][0]) > 0 and float(spent["Postfix at home"][1]) > 0
+    own_core = [row for row in lines if row.startswith("| SMTP") or row.startswith("| bulk IMAPS")]
+    assert len(own_core) == 4 and all(float(row.split("|")[2]) > 0 for row in own_core), own_core
+
+
+def test_tune_loads_each_setting_and_leaves_the_rendered_config(dev_settings):
+    from mailgate.lab import INET, PUBLIC_IP
+    from mailgate.lab.checks import probe
+    from mailgate.lab.daemons import NGINX_CONF
+    from mailgate.lab.system import LabError
+    from mailgate.lab.tune import BASELINE, VARIANTS, Variant, tune
+
+    default = next(v for v in VARIANTS if v.name.startswith("proxy_buffer_size 16k"))
+    broken = Variant("proxy_protocol maybe", lambda text: text.replace("proxy_protocol on;", "proxy_protocol maybe;"))
+    lab.up(dev_settings)
+    try:
+        rendered = NGINX_CONF.read_text()
+        lines = tune(rounds=1, messages=20, idle=300, bulk_mb=2, variants=(BASELINE, default))
+        assert NGINX_CONF.read_text() == rendered
+        memory = {row.split("|")[1].strip(): float(row.split("|")[8]) for row in lines if row.startswith("| ")
+                  and not row.startswith("| setting")}
+        # The module's 16k buffers really were in force: idle sessions cost much more.
+        assert memory[default.name] > 1.5 * memory[BASELINE.name], memory
+        with pytest.raises(LabError, match="nginx refuses 'proxy_protocol maybe'"):
+            tune(rounds=1, messages=20, idle=10, bulk_mb=2, variants=(BASELINE, broken))
+        assert NGINX_CONF.read_text() == rendered
+        # And nginx still proxies, with the rendered config.
+        banner = probe(INET, "banners", PUBLIC_IP, "143").get("143", "")
+        assert banner.startswith("* OK"), banner
+    finally:
+        lab.down()
 
 
 def test_without_the_tailnet_policy_the_gateway_reaches_the_plain_ports(dev_settings):
