@@ -20,8 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mailgate.lab import (
-    GATEWAY, HOME, HOME_TAILNET, HOME_UNDERLAY, INET, MAIL_PASSWORD, MAIL_UID, MAIL_USER, MAILCOW, PUBLIC_IP, PUBLIC_IP6, SPOOF,
-    STATE,
+    GATEWAY, HOME, HOME_TAILNET, HOME_UNDERLAY, INET, MAIL_PASSWORD, MAIL_UID, MAIL_USER, MAILCOW, PUBLIC_IP,
+    PUBLIC_IP6, SPOOF, STATE,
 )
 from mailgate.lab import bans
 from mailgate.lab.checks import probe
@@ -250,10 +250,44 @@ def where_the_time_goes(rounds: int, messages: int) -> list[str]:
     return lines + [""] + own_core(rounds, messages)
 
 
+# Home's links to the gateway and to the other tunnel peer (home's side of each veth).
+HOME_UPLINKS = ("home-gw", "home-spoof")
+UPLINK_MBIT = 100  # a fast home fibre upload; most are slower
+
+
+@contextlib.contextmanager
+def home_uplink(mbit: int):
+    """Home's upload shaped to `mbit` Mbit/s towards the gateway and the other peer alike
+    (tc tbf), as a home line limits what leaves home on a deployment."""
+    try:
+        for link in HOME_UPLINKS:
+            run(["tc", "qdisc", "replace", "dev", link, "root", "tbf", "rate", f"{mbit}mbit",
+                 "burst", "256kb", "latency", "50ms"], HOME)
+        yield
+    finally:
+        for link in HOME_UPLINKS:
+            run(["tc", "qdisc", "del", "dev", link, "root"], HOME, check=False)
+
+
+def bulk_uplink(rounds: int) -> list[str]:
+    """The bulk fetch on both paths with home's upload shaped to UPLINK_MBIT, pairs back to back."""
+    ratios, rates = [], []
+    with home_uplink(UPLINK_MBIT):
+        for _ in range(rounds):
+            alone = bulk_rate(*BULK_PATHS[1][1:])
+            rates.append(bulk_rate(*BULK_PATHS[0][1:]))
+            ratios.append(rates[-1] / alone)
+    return [f"| bulk IMAPS fetch, home's upload shaped to {UPLINK_MBIT} Mbit/s (cores shared; via gateway "
+            f"{statistics.median(rates):.1f} MB/s): via gateway / tunnel only | {statistics.median(ratios):.2f} "
+            f"| {min(ratios):.2f}-{max(ratios):.2f} |"]
+
+
 def own_core(rounds: int, messages: int) -> list[str]:
-    """The targets' ratios again with home on a core of its own: each pair run back to back."""
+    """The targets' ratios again with home on a core of its own (each pair run back to back),
+    and the bulk fetch behind a home line's upload speed."""
     if len(os.sched_getaffinity(0)) < 2:
-        return ["Home on a core of its own: not measured, the bench may use one CPU only."]
+        return ["Home on a core of its own: not measured, the bench may use one CPU only.",
+                "| comparison | ratio | range |", "|---|---|---|", *bulk_uplink(rounds)]
     gateway, tunnel = SMTP_PATHS[0], SMTP_PATHS[1]
     pairs: dict[str, tuple[Callable[[], float], Callable[[], float]]] = {
         "SMTP, one connection per message: via gateway / tunnel only": (
@@ -280,7 +314,7 @@ def own_core(rounds: int, messages: int) -> list[str]:
              "| comparison | ratio | range |", "|---|---|---|"]
     for label, values in ratios.items():
         lines.append(f"| {label} | {statistics.median(values):.2f} | {min(values):.2f}-{max(values):.2f} |")
-    return lines
+    return lines + bulk_uplink(rounds)
 
 
 BANNED = 10_000

@@ -6,8 +6,8 @@ deployment gets plus the lab's own listen addresses and limits). Each round relo
 with every variant in turn, waits until no worker of the previous config is left, and
 measures what the setting could change: SMTP with one connection per message via the
 gateway, and a bulk IMAPS fetch (each over the tunnel alone, run right before it), nginx's
-CPU time for that fetch, and nginx's resident memory per idle session. The rendered config is back in force at the end, even
-when a measurement fails.
+CPU time for that fetch, and nginx's resident memory per idle session. The rendered config
+is back in force at the end, even when a measurement fails.
 """
 
 from __future__ import annotations
@@ -85,7 +85,8 @@ VARIANTS = (
     Variant("proxy_buffer_size 1k everywhere", _buffer_everywhere("1k")),
     Variant("proxy_buffer_size 4k everywhere", _buffer_everywhere("4k")),
     Variant("proxy_buffer_size 64k everywhere", _buffer_everywhere("64k")),
-    Variant("worker_processes 1 (rendered: auto, 2 here)", _main_directive("worker_processes auto;", "worker_processes 1;")),
+    Variant("worker_processes 1 (rendered: auto, 2 here)",
+            _main_directive("worker_processes auto;", "worker_processes 1;")),
     Variant("listen ... reuseport", _listen_option("reuseport")),
     Variant("tcp_nodelay off (default on)", _stream_directive("tcp_nodelay off;")),
     Variant("listen ... rcvbuf=256k sndbuf=256k", _listen_option("rcvbuf=256k sndbuf=256k")),

@@ -145,6 +145,7 @@ def test_bench_measures_every_path_and_holds_the_idle_sessions(dev_settings):
     lab.up(dev_settings)
     try:
         lines = bench(rounds=1, messages=20, samples=20, idle=200, bulk_mb=5)
+        qdiscs = run(["tc", "qdisc", "show"], HOME).stdout
     finally:
         lab.down()
     table = "\n".join(lines)
@@ -159,7 +160,9 @@ def test_bench_measures_every_path_and_holds_the_idle_sessions(dev_settings):
     assert float(spent["nginx"][0]) > 0 and float(spent["nginx"][1]) == 0, spent["nginx"]
     assert float(spent["Postfix at home"][0]) > 0 and float(spent["Postfix at home"][1]) > 0
     own_core = [row for row in lines if row.startswith("| SMTP") or row.startswith("| bulk IMAPS")]
-    assert len(own_core) == 4 and all(float(row.split("|")[2]) > 0 for row in own_core), own_core
+    assert len(own_core) == 5 and all(float(row.split("|")[2]) > 0 for row in own_core), own_core
+    assert "shaped to 100 Mbit/s" in own_core[-1]
+    assert "tbf" not in qdiscs, qdiscs  # home's upload is no longer shaped afterwards
 
 
 def test_tune_loads_each_setting_and_leaves_the_rendered_config(dev_settings):
