@@ -33,7 +33,7 @@ from mailgate.catalogue import SERVICES, IdleTimeout
 from mailgate.deployment import Deployment
 from mailgate.lab import GATEWAY, GATEWAY_TAILNET, HOME, INET, MAILCOW, RELAY, RELAY_IP, MAIL_PASSWORD, MAIL_UID, MAIL_USER, PUBLIC_IP, PUBLIC_IP6, STATE
 from mailgate.lab import docker_rules
-from mailgate.lab.system import LabError, record_pid, recorded_pids, run, spawn, wait_for
+from mailgate.lab.system import LabError, record_pid, recorded_pids, run, spawn, stop, wait_for
 from mailgate.renderers import render_template
 from mailgate.renderers.cloud_init import GATEWAY_INPUT_CHAIN
 from mailgate.renderers.firewall import render_gateway_firewall, render_home_firewall
@@ -198,11 +198,24 @@ def start_gateway(settings: Settings, nginx_edit=None, imap_timeout: int | None 
     text = render_nginx_conf(settings, runtime, idle_seconds=override)
     IMAP_TIMEOUT.write_text(str(imap_timeout or IdleTimeout.IMAP.seconds))
     NGINX_CONF.write_text(nginx_edit(text) if nginx_edit else text)
+    start_nginx()
+    _gateway_firewall_v6(settings)
+
+
+def start_nginx() -> None:
+    """The gateway's nginx from NGINX_CONF, its master's PID recorded."""
     run(["nginx", "-c", str(NGINX_CONF)], GATEWAY)
     pid_file = GATEWAY_DIR / "nginx.pid"
     wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), "nginx")
     record_pid("nginx", int(pid_file.read_text()))
-    _gateway_firewall_v6(settings)
+
+
+def restart_nginx() -> None:
+    """Stop the gateway's nginx and start it again from NGINX_CONF: new listening sockets,
+    so a listen option left out is really gone (a reload keeps the old sockets' options)."""
+    stop(recorded_pids()["nginx"])  # waits until the master has gone (its workers go first)
+    (GATEWAY_DIR / "nginx.pid").unlink(missing_ok=True)
+    start_nginx()
 
 
 # Enough for `lab bench` to hold 10,000 idle IMAP sessions (two connections each) over two

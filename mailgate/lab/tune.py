@@ -2,10 +2,9 @@
 rendered config on the running lab, in interleaved rounds, so drift hits every variant alike.
 
 A variant is one edit of the lab gateway's nginx.conf (the rendered text, so what a
-deployment gets plus the lab's own listen addresses and limits). Each round reloads nginx
-with every variant in turn, waits until no worker of the previous config is left, and
-measures what the setting could change: SMTP with one connection per message via the
-gateway, and a bulk IMAPS fetch (each over the tunnel alone, run right before it), nginx's
+deployment gets plus the lab's own listen addresses and limits). Each round restarts nginx
+with every variant in turn and measures what the setting could change: SMTP with one connection per message via the
+gateway, and a bulk IMAPS fetch (each over the tunnel alone, run back to back), nginx's
 CPU time for that fetch, and nginx's resident memory per idle session. The rendered config
 is back in force at the end, even when a measurement fails.
 """
@@ -14,16 +13,16 @@ from __future__ import annotations
 
 import re
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from mailgate.lab import GATEWAY
 from mailgate.lab.bench import (
-    BULK_PATHS, SMTP_PATHS, bulk_rate, hold_idle, nginx_workers, put_bulk_message, require_lab, smtp_rate,
+    BULK_PATHS, SMTP_PATHS, bulk_rate, hold_idle, nginx_workers, paired, put_bulk_message, require_lab, smtp_rate,
+    warm_up,
 )
-from mailgate.lab.daemons import NGINX_CONF
+from mailgate.lab.daemons import LAB_WORKER_CONNECTIONS, NGINX_CONF, restart_nginx
 from mailgate.lab.system import LabError, run
 
 LISTEN = re.compile(r"^(\s*listen \S+) so_keepalive=on;$", re.M)
@@ -37,6 +36,13 @@ def _listen_option(option: str) -> Callable[[str], str]:
             raise LabError("the rendered stream config has no listen line to edit")
         return edited
     return edit
+
+
+def _listen_keepalive_off(text: str) -> str:
+    edited, count = LISTEN.subn(r"\1 so_keepalive=off;", text)
+    if not count:
+        raise LabError("the rendered stream config has no listen line to edit")
+    return edited
 
 
 def _stream_directive(directive: str) -> Callable[[str], str]:
@@ -74,7 +80,7 @@ def _access_log_buffered(text: str) -> str:
 @dataclass(frozen=True)
 class Variant:
     name: str
-    """The setting as nginx.conf spells it."""
+    """The setting, for the table."""
     edit: Callable[[str], str] | None
 
 
@@ -85,14 +91,14 @@ VARIANTS = (
     Variant("proxy_buffer_size 1k everywhere", _buffer_everywhere("1k")),
     Variant("proxy_buffer_size 4k everywhere", _buffer_everywhere("4k")),
     Variant("proxy_buffer_size 64k everywhere", _buffer_everywhere("64k")),
-    Variant("worker_processes 1 (rendered: auto, 2 here)",
+    Variant("worker_processes 1 (Ubuntu's nginx.conf and the lab's: auto, one per CPU)",
             _main_directive("worker_processes auto;", "worker_processes 1;")),
     Variant("listen ... reuseport", _listen_option("reuseport")),
     Variant("tcp_nodelay off (default on)", _stream_directive("tcp_nodelay off;")),
     Variant("listen ... rcvbuf=256k sndbuf=256k", _listen_option("rcvbuf=256k sndbuf=256k")),
     Variant("so_keepalive off, proxy_socket_keepalive off",
             lambda text: _main_directive("proxy_socket_keepalive on;", "proxy_socket_keepalive off;")(
-                text.replace(" so_keepalive=on;", ";"))),
+                _listen_keepalive_off(text))),
     Variant("access_log ... buffer=64k flush=5s", _access_log_buffered),
 )
 
@@ -108,31 +114,33 @@ def _nginx_cpu_ms() -> float:
     return nanoseconds / 1e6
 
 
+def _fetch_via_gateway(cpu_ms: list[float]) -> float:
+    """The bulk fetch via the gateway, MB/s; nginx's CPU time for it appended to `cpu_ms`."""
+    used = _nginx_cpu_ms()
+    rate = bulk_rate(*BULK_PATHS[0][1:])
+    cpu_ms.append(_nginx_cpu_ms() - used)
+    return rate
+
+
 def _ratio(value: float, base: float) -> str:
     return f"{value / base:.2f}" if base else "n/a"
 
 
 def apply(rendered: str, variant: Variant) -> None:
-    """Load `variant` into the running nginx and wait until only its workers are left."""
+    """Start the gateway's nginx afresh with `variant`: a restart, not a reload, because a
+    reload keeps the listening sockets and their options (a `rcvbuf` tried once would stay
+    for every later setting)."""
     NGINX_CONF.write_text(variant.edit(rendered) if variant.edit else rendered)
     checked = run(["nginx", "-t", "-c", str(NGINX_CONF)], GATEWAY, check=False)
     if checked.returncode != 0:
         NGINX_CONF.write_text(rendered)
         raise LabError(f"nginx refuses '{variant.name}': {checked.stderr.strip()}")
-    old = set(nginx_workers())
-    run(["nginx", "-c", str(NGINX_CONF), "-s", "reload"], GATEWAY)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        now = set(nginx_workers())
-        if now and not now & old:
-            return
-        time.sleep(0.1)
-    raise LabError(f"nginx's old workers did not leave within 30 s after loading '{variant.name}'")
+    restart_nginx()
 
 
-# Idle sessions held per setting: fewer than one worker holds in the lab (12,000
-# connections, two per session: 6,000), so `worker_processes 1` is measured like the others.
-IDLE_SESSIONS = 5000
+# Idle sessions held per setting: fewer than one worker holds in the lab (two connections
+# per session), so `worker_processes 1` is measured like the others.
+IDLE_SESSIONS = LAB_WORKER_CONNECTIONS // 2 - 1000
 
 
 def tune(rounds: int = 5, messages: int = 400, idle: int = IDLE_SESSIONS, bulk_mb: int = 50,
@@ -140,9 +148,7 @@ def tune(rounds: int = 5, messages: int = 400, idle: int = IDLE_SESSIONS, bulk_m
     require_lab()
     rendered = NGINX_CONF.read_text()
     gateway, tunnel = SMTP_PATHS[0], SMTP_PATHS[1]
-    bulk_gateway, bulk_tunnel = BULK_PATHS[0], BULK_PATHS[1]
-    for _, namespace, address, port in (gateway, tunnel):  # postscreen remembers a client after one pass
-        smtp_rate(namespace, address, port, 5)
+    warm_up((gateway, tunnel))
     put_bulk_message(bulk_mb)
     smtp: dict[str, list[float]] = {v.name: [] for v in variants}  # via gateway / tunnel alone, paired
     bulk: dict[str, list[float]] = {v.name: [] for v in variants}  # the same for the bulk fetch
@@ -153,13 +159,10 @@ def tune(rounds: int = 5, messages: int = 400, idle: int = IDLE_SESSIONS, bulk_m
             # Each round starts one variant later, so no setting always follows the same one.
             for variant in variants[round_ % len(variants):] + variants[:round_ % len(variants)]:
                 apply(rendered, variant)
-                # The tunnel alone right before the gateway: each ratio pairs two runs a second apart.
-                alone = smtp_rate(*tunnel[1:], messages)
-                smtp[variant.name].append(smtp_rate(*gateway[1:], messages) / alone)
-                alone = bulk_rate(*bulk_tunnel[1:])
-                used = _nginx_cpu_ms()
-                bulk[variant.name].append(bulk_rate(*bulk_gateway[1:]) / alone)
-                bulk_cpu[variant.name].append(_nginx_cpu_ms() - used)
+                smtp[variant.name].append(paired(lambda: smtp_rate(*gateway[1:], messages),
+                                                 lambda: smtp_rate(*tunnel[1:], messages), round_))
+                bulk[variant.name].append(paired(lambda: _fetch_via_gateway(bulk_cpu[variant.name]),
+                                                 lambda: bulk_rate(*BULK_PATHS[1][1:]), round_))
                 if round_ == rounds - 1:  # memory hardly moves between rounds: once is enough
                     held = hold_idle(idle, 1)
                     if held["still_open"] != idle:
@@ -172,9 +175,10 @@ def tune(rounds: int = 5, messages: int = 400, idle: int = IDLE_SESSIONS, bulk_m
                       statistics.median(bulk_cpu[base]), per_session[base])
     lines = [
         f"Each setting loaded into the lab gateway's nginx in turn, {rounds} interleaved rounds (each "
-        f"starting one setting later). SMTP: smtp-source -s 10 -m {messages}, one connection per message, "
-        f"via the gateway over the tunnel alone run right before it; bulk: one {bulk_mb} MB message over "
-        "IMAPS, the same pairing; the median of the pairs' ratios, and their range. nginx CPU: the time "
+        f"starting one setting later, nginx restarted for each). SMTP: smtp-source -s 10 -m {messages}, one "
+        f"connection per message, via the gateway over the tunnel alone, the two back to back (which one "
+        f"first alternates by round); bulk: one {bulk_mb} MB message over IMAPS, the same pairing; the median "
+        "of the pairs' ratios, and their range. nginx CPU: the time "
         "its workers ran during one bulk fetch (/proc schedstat). Memory: nginx's RSS per idle IMAP "
         f"session, {idle:,} sessions held (last round).",
         "| setting | SMTP gateway/tunnel (range) | vs rendered | bulk gateway/tunnel (range) | vs rendered "

@@ -16,12 +16,6 @@ from mailgate.renderers import render_template
 from mailgate.settings import Settings
 
 CONNECT_TIMEOUT_SECONDS = 5
-# nginx's buffer per direction of a session, where the stream module's 16k is not kept. The
-# IMAP class's sessions sit idle for up to half an hour and are most of the ones held at a
-# time: 2k buffers take an idle session from about 10 to under 6 kB of nginx's memory, for
-# about 1 ms more of nginx's CPU per MB fetched, with no throughput lost behind the tunnel
-# (`lab tune`; docs/performance.md, tuning log). 4k saves no memory.
-PROXY_BUFFER_SIZE = {IdleTimeout.IMAP: "2k"}
 
 
 @dataclass(frozen=True)
@@ -69,7 +63,6 @@ def render_nginx_stream(settings: Settings, runtime: NginxRuntime | None = None,
         listen_ipv4=f"{runtime.listen_address}:" if runtime.listen_address else "",
         connect_timeout=CONNECT_TIMEOUT_SECONDS,
         idle_seconds={timeout: timeout.seconds for timeout in IdleTimeout} | dict(idle_seconds or {}),
-        buffer_size=PROXY_BUFFER_SIZE,
     )
 
 
