@@ -56,7 +56,8 @@ BANNER_PATHS = (
 def smtp_rate(namespace: str, address: str, port: int, messages: int, per_connection: int = 1) -> float:
     """msg/s from 10 parallel sessions. `per_connection` > 1: each session sends that many
     messages over one connection (smtp-source -d, which sends all of a run's messages over
-    its sessions), in as many runs of 10 x per_connection messages as make `messages`."""
+    its sessions), in runs of 10 x per_connection messages: as many as fit in `messages`,
+    at least one."""
     batch = 10 * per_connection if per_connection > 1 else messages
     runs = max(1, messages // batch)
     reuse = ["-d"] if per_connection > 1 else []
@@ -313,13 +314,13 @@ def bench(rounds: int = 5, messages: int = 400, samples: int = 200, idle: int = 
     bulk: dict[str, list[float]] = {label: [] for label, *_ in BULK_PATHS}
     for round_ in range(rounds):  # interleaved, so drift hits every path alike
         run(["nft", "delete", "table", "inet", NFT_TABLE], GATEWAY, check=False)
-        first = round_ % len(SMTP_PATHS)  # and each round starts with another path
+        first = round_ % len(SMTP_PATHS)  # and each round starts each row's paths with another
         for label, namespace, address, port in SMTP_PATHS[first:] + SMTP_PATHS[:first]:
             rates[label].append(smtp_rate(namespace, address, port, messages))
         ipv6.append(smtp_rate(IPV6_PATH[1], IPV6_PATH[2], IPV6_PATH[3], messages))
-        for label, namespace, address, port in SMTP_PATHS:
+        for label, namespace, address, port in SMTP_PATHS[first:] + SMTP_PATHS[:first]:
             reused[label].append(smtp_rate(namespace, address, port, messages, PER_CONNECTION))
-        for label, namespace, address, port in BULK_PATHS:
+        for label, namespace, address, port in BULK_PATHS[first:] + BULK_PATHS[:first]:
             bulk[label].append(bulk_rate(namespace, address, port))
         ran = fetcher.run_once()
         if ran.returncode != 0 or bans.gateway_set() != []:

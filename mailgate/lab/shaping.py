@@ -58,9 +58,11 @@ def home_on_its_own_core():
         yield
     finally:
         os.sched_setaffinity(0, ours)
-        for task in _tasks(home + rest):
-            with contextlib.suppress(ProcessLookupError):
-                os.sched_setaffinity(task, saved.get(task, ours))
+        for namespace in home + rest:
+            with contextlib.suppress(LabError):  # restore what can be restored, then go on
+                for task in _tasks((namespace,)):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.sched_setaffinity(task, saved.get(task, ours))
 
 
 @contextlib.contextmanager

@@ -174,17 +174,22 @@ def test_bench_measures_every_path_and_holds_the_idle_sessions(dev_settings):
     # perf's account, per SMTP message and per MB fetched: nginx works only on the gateway's
     # path, the mail server on both, and each path has its own far tunnel end.
     for unit in ("microseconds per message", "ms per MB"):
-        spent = perf_table(lines, unit)
-        assert float(spent["nginx"][0]) > 0 and float(spent["nginx"][1]) == 0, (unit, spent)
+        spent = {part: [float(value) for value in values] for part, values in perf_table(lines, unit).items()}
+        via_gateway, tunnel_only = 0, 1
+        for part, path in (("nginx", via_gateway), ("wireguard-go, the gateway's end", via_gateway),
+                           ("wireguard-go, the peer's end", tunnel_only)):
+            # Busy on its own path; on the other at most a stray sample (the tunnel's keepalives).
+            assert spent[part][path] > 0 and spent[part][1 - path] < spent[part][path] / 2, (unit, part, spent)
         mail_server = spent["the mail server at home (Postfix, Dovecot)"]
-        assert float(mail_server[0]) > 0 and float(mail_server[1]) > 0, (unit, spent)
-        assert "wireguard-go, the gateway's end" in spent and "wireguard-go, the peer's end" in spent, spent
-    own_core = [row for row in lines if row.startswith(("| SMTP", "| bulk IMAPS"))]
-    assert len(own_core) == 5, own_core
-    # The shaped fetch really was held to the home line's speed, and nothing stays shaped
-    # or pinned afterwards.
-    shaped = float(own_core[-1].split("via gateway ")[1].split(" MB/s")[0])
-    assert shaped <= UPLINK_MBIT / 8, own_core[-1]
+        assert mail_server[via_gateway] > 0 and mail_server[tunnel_only] > 0, (unit, spent)
+    own_core = [[cell.strip() for cell in row.split("|")[1:-1]] for row in lines
+                if row.startswith(("| SMTP", "| bulk IMAPS"))]
+    assert [int(row[1]) for row in own_core] == [1, 1, 1, 3, 1], own_core  # pairs: IPv6 gets three times
+    assert all(float(row[2]) > 0 for row in own_core), own_core
+    # The shaped fetch really was held to the home line's speed (unshaped: about 55 MB/s
+    # here), and nothing stays shaped or pinned afterwards.
+    shaped = float(own_core[-1][0].split("via gateway ")[1].split(" MB/s")[0])
+    assert shaped < 1.5 * UPLINK_MBIT / 8, own_core[-1]
     assert "tbf" not in qdiscs, qdiscs
     assert home_tunnel_cpus == os.sched_getaffinity(0)
 
