@@ -21,6 +21,7 @@ from mailgate.lab import (
 )
 from mailgate.lab import bans
 from mailgate.lab.checks import probe
+from mailgate.lab.daemons import nginx_workers
 from mailgate.lab.perf import PERF_HZ, cpu_account
 from mailgate.lab.shaping import UPLINK_MBIT, home_on_its_own_core, home_uplink
 from mailgate.lab.system import LabError, recorded_pids, run
@@ -109,20 +110,6 @@ def rss_kb(pid: int) -> int:
 def require_lab() -> None:
     if "nginx" not in recorded_pids() or not nginx_workers():
         raise LabError("the lab is not up: run `python -m mailgate lab up` first")
-
-
-def nginx_workers() -> dict[int, dict[str, str]]:
-    """The gateway nginx's workers (the master's children): pid -> /proc status fields."""
-    master = str(recorded_pids()["nginx"])
-    workers = {}
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
-        except OSError:
-            continue
-        if fields.get("PPid", "").strip() == master:
-            workers[int(status.parent.name)] = fields
-    return workers
 
 
 def nginx_rss_kb() -> int:

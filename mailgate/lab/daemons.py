@@ -213,24 +213,26 @@ def start_nginx() -> None:
 def restart_nginx() -> None:
     """Stop the gateway's nginx and start it again from NGINX_CONF: new listening sockets,
     so a listen option left out is really gone (a reload keeps the old sockets' options)."""
-    master = recorded_pids()["nginx"]
-    workers = [int(status.parent.name) for status in Path("/proc").glob("[0-9]*/status")
-               if _parent(status) == master]
-    stop(master)  # SIGTERM: the master ends its workers, then itself
+    workers = list(nginx_workers())
+    stop(recorded_pids()["nginx"])  # SIGTERM: the master ends its workers, then itself
     for worker in workers:  # any left (a master that had to be killed) would keep the ports
         stop(worker)
     (GATEWAY_DIR / "nginx.pid").unlink(missing_ok=True)
     start_nginx()
 
 
-def _parent(status: Path) -> int | None:
-    try:
-        for line in status.read_text().splitlines():
-            if line.startswith("PPid:"):
-                return int(line.split()[1])
-    except OSError:
-        pass  # a process that has just ended
-    return None
+def nginx_workers() -> dict[int, dict[str, str]]:
+    """The gateway nginx's workers (the master's children): pid -> /proc status fields."""
+    master = str(recorded_pids()["nginx"])
+    workers = {}
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+        except OSError:
+            continue
+        if fields.get("PPid", "").strip() == master:
+            workers[int(status.parent.name)] = fields
+    return workers
 
 
 # Enough for `lab bench` to hold 10,000 idle IMAP sessions (two connections each) over two

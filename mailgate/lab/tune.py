@@ -3,10 +3,10 @@ rendered config on the running lab, in interleaved rounds, so drift hits every v
 
 A variant is one edit of the lab gateway's nginx.conf (the rendered text, so what a
 deployment gets plus the lab's own listen addresses and limits). Each round restarts nginx
-with every variant in turn and measures what the setting could change: SMTP with one connection per message via the
-gateway, and a bulk IMAPS fetch (each over the tunnel alone, run back to back), nginx's
-CPU time for that fetch, and nginx's resident memory per idle session. The rendered config
-is back in force at the end, even when a measurement fails.
+with every variant in turn and measures what the setting could change: SMTP with one
+connection per message via the gateway, and a bulk IMAPS fetch (each over the tunnel alone,
+run back to back), nginx's CPU time for that fetch, and nginx's resident memory per idle
+session. The rendered config is back in force at the end, even when a measurement fails.
 """
 
 from __future__ import annotations
@@ -19,30 +19,23 @@ from pathlib import Path
 
 from mailgate.lab import GATEWAY
 from mailgate.lab.bench import (
-    BULK_PATHS, SMTP_PATHS, bulk_rate, hold_idle, nginx_workers, paired, put_bulk_message, require_lab, smtp_rate,
-    warm_up,
+    BULK_PATHS, SMTP_PATHS, bulk_rate, hold_idle, paired, put_bulk_message, require_lab, smtp_rate, warm_up,
 )
-from mailgate.lab.daemons import LAB_WORKER_CONNECTIONS, NGINX_CONF, restart_nginx
+from mailgate.lab.daemons import LAB_WORKER_CONNECTIONS, NGINX_CONF, nginx_workers, restart_nginx
 from mailgate.lab.system import LabError, run
 
 LISTEN = re.compile(r"^(\s*listen \S+) so_keepalive=on;$", re.M)
 STREAM_OPEN = "stream {\n"
 
 
-def _listen_option(option: str) -> Callable[[str], str]:
+def _listen(parameters: str) -> Callable[[str], str]:
+    """Every listen line's parameters (rendered: so_keepalive=on) replaced by `parameters`."""
     def edit(text: str) -> str:
-        edited, count = LISTEN.subn(rf"\1 so_keepalive=on {option};", text)
+        edited, count = LISTEN.subn(rf"\1 {parameters};", text)
         if not count:
             raise LabError("the rendered stream config has no listen line to edit")
         return edited
     return edit
-
-
-def _listen_keepalive_off(text: str) -> str:
-    edited, count = LISTEN.subn(r"\1 so_keepalive=off;", text)
-    if not count:
-        raise LabError("the rendered stream config has no listen line to edit")
-    return edited
 
 
 def _stream_directive(directive: str) -> Callable[[str], str]:
@@ -93,12 +86,12 @@ VARIANTS = (
     Variant("proxy_buffer_size 64k everywhere", _buffer_everywhere("64k")),
     Variant("worker_processes 1 (Ubuntu's nginx.conf and the lab's: auto, one per CPU)",
             _main_directive("worker_processes auto;", "worker_processes 1;")),
-    Variant("listen ... reuseport", _listen_option("reuseport")),
+    Variant("listen ... reuseport", _listen("so_keepalive=on reuseport")),
     Variant("tcp_nodelay off (default on)", _stream_directive("tcp_nodelay off;")),
-    Variant("listen ... rcvbuf=256k sndbuf=256k", _listen_option("rcvbuf=256k sndbuf=256k")),
+    Variant("listen ... rcvbuf=256k sndbuf=256k", _listen("so_keepalive=on rcvbuf=256k sndbuf=256k")),
     Variant("so_keepalive off, proxy_socket_keepalive off",
             lambda text: _main_directive("proxy_socket_keepalive on;", "proxy_socket_keepalive off;")(
-                _listen_keepalive_off(text))),
+                _listen("so_keepalive=off")(text))),
     Variant("access_log ... buffer=64k flush=5s", _access_log_buffered),
 )
 
